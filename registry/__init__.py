@@ -1,0 +1,1 @@
+"""The tidepool registry: the name service engines register with and routers watch."""

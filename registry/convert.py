@@ -1,0 +1,90 @@
+"""Translation between the catalog's records and the wire messages (the only place that does it)."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from registry.catalog import EngineStatus, InstanceView, LoadFigures, State
+from registry.records import AliasRecord, TenantRecord
+from tidepool.registry.v1 import registry_pb2 as pb
+
+STATE_TO_PB = {
+    State.READY: pb.INSTANCE_STATE_READY,
+    State.DRAINING: pb.INSTANCE_STATE_DRAINING,
+    State.SWITCHING: pb.INSTANCE_STATE_SWITCHING,
+    State.STALLED: pb.INSTANCE_STATE_STALLED,
+    State.UNHEALTHY: pb.INSTANCE_STATE_UNHEALTHY,
+}
+
+ENGINE_STATUS_FROM_PB = {
+    pb.ENGINE_STATUS_UNSPECIFIED: EngineStatus.SERVING,
+    pb.ENGINE_STATUS_SERVING: EngineStatus.SERVING,
+    pb.ENGINE_STATUS_DRAINING: EngineStatus.DRAINING,
+    pb.ENGINE_STATUS_SWITCHING: EngineStatus.SWITCHING,
+}
+
+
+def _timestamp(wall: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(wall * 1e9))
+    return stamp
+
+
+def load_from_pb(load: pb.Load) -> LoadFigures:
+    gpu = load.gpu
+    return LoadFigures(
+        in_flight=load.in_flight,
+        queued=load.queued,
+        slots=load.slots,
+        progress=load.progress,
+        gpu_present=gpu.present,
+        gpu_name=gpu.name[:128],
+        gpu_utilization_percent=min(gpu.utilization_percent, 100),
+        gpu_memory_used_bytes=gpu.memory_used_bytes,
+        gpu_memory_total_bytes=gpu.memory_total_bytes,
+    )
+
+
+def load_to_pb(load: LoadFigures) -> pb.Load:
+    return pb.Load(
+        in_flight=load.in_flight,
+        queued=load.queued,
+        slots=load.slots,
+        progress=load.progress,
+        gpu=pb.GpuStats(
+            present=load.gpu_present,
+            name=load.gpu_name,
+            utilization_percent=load.gpu_utilization_percent,
+            memory_used_bytes=load.gpu_memory_used_bytes,
+            memory_total_bytes=load.gpu_memory_total_bytes,
+        ),
+    )
+
+
+def instance_to_pb(view: InstanceView) -> pb.Instance:
+    record = view.record
+    message = pb.Instance(
+        id=record.id,
+        service=record.service,
+        address=record.address,
+        weight=record.weight,
+        effective_weight=view.effective_weight,
+        capacity=record.capacity,
+        labels=dict(view.labels),
+        state=STATE_TO_PB[view.state],
+        load=load_to_pb(view.report.load),
+        registered_at=_timestamp(record.registered_at),
+        admin_drained=record.admin_drained,
+        weight_overridden=record.weight_override is not None,
+    )
+    if view.report.heartbeat_wall is not None:
+        message.last_heartbeat_at.CopyFrom(_timestamp(view.report.heartbeat_wall))
+    return message
+
+
+def alias_to_pb(alias: AliasRecord) -> pb.Alias:
+    return pb.Alias(name=alias.name, selector=alias.selector, service=alias.service)
+
+
+def tenant_to_pb(tenant: TenantRecord) -> pb.TenantRoute:
+    return pb.TenantRoute(tenant=tenant.tenant, lang=tenant.lang, aliases=list(tenant.aliases))

@@ -1,0 +1,249 @@
+"""The registry's engine: validates, persists, applies and publishes every change.
+
+Durable changes take one lock, are written to the store, and only then applied
+to the catalog, so a failed write changes nothing. Heartbeats touch memory only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv6Address
+
+from registry.address import AddressPolicy, check_claim, parse_address
+from registry.catalog import Catalog, EngineReport, EngineStatus, InstanceView, LoadFigures
+from registry.errors import FailedPreconditionError, NotFoundError, RateLimitedError
+from registry.lease import LeaseTable
+from registry.metrics import RegistryMetrics
+from registry.ratelimit import KeyedRateLimiter
+from registry.records import InstanceRecord, frozen_labels
+from registry.store import Store
+from registry.validation import (
+    validate_capacity,
+    validate_instance_id,
+    validate_labels,
+    validate_name,
+    validate_weight,
+)
+from registry.watch import WatchHub
+from tidepool.registry.v1 import registry_pb2 as pb
+
+DIRECTIVE_QUEUE = 64
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A registration request, before validation."""
+
+    service: str
+    instance_id: str
+    address: str
+    weight: int
+    capacity: int
+    labels: Mapping[str, str]
+
+
+@dataclass(eq=False)
+class Attachment:
+    """One open heartbeat stream; a newer stream for the same instance supersedes it."""
+
+    instance_id: str
+    directives: asyncio.Queue[pb.Directive] = field(
+        default_factory=lambda: asyncio.Queue(DIRECTIVE_QUEUE)
+    )
+    superseded: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class RegistryCore:
+    """Owns the catalog, leases, store and watch hub, and every operation on them."""
+
+    catalog: Catalog
+    store: Store
+    hub: WatchHub
+    metrics: RegistryMetrics
+    address_policy: AddressPolicy
+    register_limiter: KeyedRateLimiter
+    clock: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    attachments: dict[str, Attachment] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def leases(self) -> LeaseTable:
+        return self.catalog.leases
+
+    async def start(self, restart_grace_s: float) -> None:
+        """Load durable state; instances known from before get a grace period to re-attach."""
+        snapshot = await self.store.load()
+        self.catalog.load(snapshot, self.clock(), restart_grace_s)
+
+    def _publish(self, changes: list) -> None:  # type: ignore[type-arg]
+        self.hub.publish(changes)
+
+    # --- engine side -----------------------------------------------------------------
+
+    async def register(
+        self, request: Registration, peer: IPv4Address | IPv6Address | None
+    ) -> InstanceView:
+        """Validate and store a registration; a known id keeps its overrides."""
+        peer_key = str(peer) if peer is not None else "unknown"
+        if not self.register_limiter.allow(peer_key, self.clock()):
+            raise RateLimitedError(f"too many registrations from {peer_key}; retry later")
+        service = validate_name(request.service, "service")
+        instance_id = (
+            validate_instance_id(request.instance_id)
+            if request.instance_id
+            else f"i-{uuid.uuid4().hex[:16]}"
+        )
+        ip, _port = parse_address(request.address)
+        check_claim(ip, peer, self.address_policy)
+        weight = validate_weight(request.weight)
+        capacity = validate_capacity(request.capacity)
+        labels = validate_labels(request.labels)
+        async with self.lock:
+            existing = self.catalog.records.get(instance_id)
+            if existing is not None and existing.service != service:
+                raise FailedPreconditionError(
+                    f"instance_id: {instance_id!r} is registered in service "
+                    f"{existing.service!r}, not {service!r}"
+                )
+            replaced = self._displaced_by(request.address, instance_id)
+            if existing is None:
+                record = InstanceRecord(
+                    instance_id,
+                    service,
+                    request.address,
+                    weight,
+                    capacity,
+                    frozen_labels(labels),
+                    self.wall(),
+                )
+            else:
+                record = existing.reregistered(request.address, weight, capacity, labels)
+            await self.store.put_instance(record)
+            for old in replaced:
+                await self.store.delete_instance(old)
+                self._publish(self.catalog.remove(old, self.clock()))
+            self.leases.grant(instance_id, self.clock())
+            self.catalog.report(
+                instance_id,
+                replace(self.catalog.last_report(instance_id), heartbeat_wall=self.wall()),
+            )
+            self._publish(self.catalog.put(record, self.clock(), self.clock()))
+        self.metrics.registrations.inc()
+        return self.catalog.view(instance_id)
+
+    def _displaced_by(self, address: str, instance_id: str) -> list[str]:
+        """Dead instances at the same address are replaced; a healthy one is a conflict."""
+        displaced = []
+        for other in self.catalog.records.values():
+            if other.address != address or other.id == instance_id:
+                continue
+            lease = self.leases.leases.get(other.id)
+            if lease is not None and lease.healthy:
+                raise FailedPreconditionError(
+                    f"address: {address} is already served by healthy instance {other.id!r}"
+                )
+            displaced.append(other.id)
+        return displaced
+
+    def attach(self, instance_id: str) -> Attachment:
+        """Open a heartbeat stream for a registered instance (superseding an older one)."""
+        self.catalog.get(instance_id)
+        previous = self.attachments.get(instance_id)
+        if previous is not None:
+            previous.superseded.set()
+        attachment = Attachment(instance_id)
+        self.attachments[instance_id] = attachment
+        self.leases.attach(instance_id, self.clock())
+        self._touch(instance_id)
+        self.metrics.attached.set(len(self.attachments))
+        return attachment
+
+    def heartbeat(self, instance_id: str, status: EngineStatus, load: LoadFigures) -> None:
+        if instance_id not in self.catalog.records:
+            raise NotFoundError("instance", instance_id)
+        self.metrics.heartbeats.inc()
+        self.catalog.report(instance_id, EngineReport(status, load, self.wall()))
+        self.leases.heartbeat(instance_id, self.clock(), load.in_flight, load.progress)
+        self._touch(instance_id)
+
+    def detach(self, attachment: Attachment, *, broken: bool) -> None:
+        """A stream ended. Only the current stream's end counts: a superseded one is moot."""
+        if self.attachments.get(attachment.instance_id) is not attachment:
+            return
+        del self.attachments[attachment.instance_id]
+        self.metrics.attached.set(len(self.attachments))
+        if self.leases.detach(attachment.instance_id, self.clock(), broken=broken):
+            self.metrics.expirations.labels("stream_broken").inc()
+            self._touch(attachment.instance_id)
+
+    async def deregister(self, instance_id: str) -> None:
+        async with self.lock:
+            self.catalog.get(instance_id)
+            await self.store.delete_instance(instance_id)
+            attachment = self.attachments.pop(instance_id, None)
+            if attachment is not None:
+                attachment.superseded.set()
+            self._publish(self.catalog.remove(instance_id, self.clock()))
+
+    def _touch(self, instance_id: str) -> None:
+        self._publish(self.catalog.refresh([instance_id], self.clock()))
+
+    # --- liveness sweep --------------------------------------------------------------
+
+    async def sweep(self) -> None:
+        """Expire lapsed leases, flag stalls, forget the long dead."""
+        now = self.clock()
+        result = self.leases.sweep(now)
+        self.metrics.self_preservation.set(1 if result.self_preservation else 0)
+        for instance_id in result.changed:
+            lease = self.leases.leases.get(instance_id)
+            if lease is not None and not lease.healthy:
+                self.metrics.expirations.labels("ttl").inc()
+        self._publish(self.catalog.refresh(result.changed, now))
+        for instance_id in result.forget:
+            async with self.lock:
+                lease = self.leases.leases.get(instance_id)
+                if lease is None or lease.healthy:
+                    continue
+                await self.store.delete_instance(instance_id)
+                self._publish(self.catalog.remove(instance_id, self.clock()))
+
+    # --- admin ------------------------------------------------------------------------
+
+    async def update_instance(
+        self, instance_id: str, change: Callable[[InstanceRecord], InstanceRecord]
+    ) -> InstanceView:
+        """Apply an admin change to an instance record: store first, then memory."""
+        async with self.lock:
+            record = change(self.catalog.get(instance_id))
+            await self.store.put_instance(record)
+            self._publish(self.catalog.put(record, self.clock(), self.clock()))
+        return self.catalog.view(instance_id)
+
+    def send_directive(self, instance_id: str, directive: pb.Directive) -> InstanceView:
+        self.catalog.get(instance_id)
+        attachment = self.attachments.get(instance_id)
+        if attachment is None:
+            raise FailedPreconditionError(
+                f"instance_id: {instance_id!r} has no open heartbeat stream to carry a directive"
+            )
+        if not directive.id:
+            directive.id = uuid.uuid4().hex
+        try:
+            attachment.directives.put_nowait(directive)
+        except asyncio.QueueFull:
+            raise FailedPreconditionError(
+                f"instance_id: {instance_id!r} has {DIRECTIVE_QUEUE} directives pending"
+            ) from None
+        return self.catalog.view(instance_id)
+
+    def offer_directive(self, instance_id: str, directive: pb.Directive) -> None:
+        """Best-effort directive that goes with an admin change (drain, restore)."""
+        if instance_id in self.attachments:
+            self.send_directive(instance_id, directive)

@@ -1,0 +1,156 @@
+"""Liveness of instances: heartbeat deadlines, stream breaks, stalls and self-preservation.
+
+Pure: every method takes `now` (monotonic seconds) and nothing here sleeps or
+does I/O. The registry's sweep runner calls `sweep(now)` a few times per TTL.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class LeaseConfig:
+    """Liveness settings; see registry/config.py for the flags that set them."""
+
+    ttl_s: float = 3.0
+    stall_after_s: float = 10.0
+    forget_after_s: float = 300.0
+    self_preservation_threshold: float = 0.5
+    self_preservation_min_instances: int = 3
+
+
+@dataclass
+class Lease:
+    """The in-memory liveness record of one instance."""
+
+    deadline: float
+    healthy: bool = True
+    attached: bool = False
+    unhealthy_since: float | None = None
+    last_heartbeat_at: float | None = None
+    in_flight: int = 0
+    progress: int = 0
+    progress_at: float = 0.0
+    stalled: bool = False
+
+    def routable_liveness(self) -> bool:
+        return self.healthy and not self.stalled
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What a sweep changed: ids whose health or stall flag moved, ids to forget."""
+
+    changed: tuple[str, ...] = ()
+    forget: tuple[str, ...] = ()
+    self_preservation: bool = False
+
+
+@dataclass
+class LeaseTable:
+    """Deadlines and health of every known instance."""
+
+    config: LeaseConfig
+    leases: dict[str, Lease] = field(default_factory=dict)
+    self_preservation: bool = False
+    # Times of recent silent expiries: a burst of them points at our own network.
+    _silent_expiries: deque[float] = field(default_factory=deque)
+
+    def grant(self, instance_id: str, now: float, grace_s: float | None = None) -> bool:
+        """(Re-)register: healthy with a fresh deadline. True when health changed."""
+        lease = self.leases.get(instance_id)
+        deadline = now + (self.config.ttl_s if grace_s is None else grace_s)
+        if lease is None:
+            self.leases[instance_id] = Lease(deadline=deadline, progress_at=now)
+            return True
+        changed = not lease.healthy or lease.stalled
+        lease.deadline = max(lease.deadline, deadline)
+        lease.healthy, lease.unhealthy_since, lease.stalled = True, None, False
+        lease.progress_at = now
+        return changed
+
+    def attach(self, instance_id: str, now: float) -> bool:
+        """A heartbeat stream opened for the instance; counts as a heartbeat."""
+        lease = self.leases[instance_id]
+        lease.attached = True
+        return self.heartbeat(instance_id, now, lease.in_flight, lease.progress)
+
+    def heartbeat(self, instance_id: str, now: float, in_flight: int, progress: int) -> bool:
+        """Renew the deadline and update stall tracking. True when health or stall changed."""
+        lease = self.leases[instance_id]
+        before = (lease.healthy, lease.stalled)
+        lease.deadline = now + self.config.ttl_s
+        lease.last_heartbeat_at = now
+        lease.healthy, lease.unhealthy_since = True, None
+        if progress != lease.progress or in_flight == 0:
+            # Idle is not stuck; and any finished work restarts the stall clock.
+            lease.progress_at = now
+        lease.progress, lease.in_flight = progress, in_flight
+        lease.stalled = self._is_stalled(lease, now)
+        return (lease.healthy, lease.stalled) != before
+
+    def detach(self, instance_id: str, now: float, *, broken: bool) -> bool:
+        """The heartbeat stream ended. A break is evidence of death: unhealthy at once."""
+        lease = self.leases.get(instance_id)
+        if lease is None:
+            return False
+        lease.attached = False
+        if broken and lease.healthy:
+            self._expire(lease, now)
+            return True
+        return False
+
+    def remove(self, instance_id: str) -> None:
+        self.leases.pop(instance_id, None)
+
+    def sweep(self, now: float) -> SweepResult:
+        """Expire lapsed leases (unless self-preservation holds), flag stalls, list the reaped."""
+        changed: list[str] = []
+        for instance_id, lease in self.leases.items():
+            if lease.healthy and lease.stalled != self._is_stalled(lease, now):
+                lease.stalled = not lease.stalled
+                changed.append(instance_id)
+        lapsed = [i for i, lease in self.leases.items() if lease.healthy and lease.deadline <= now]
+        self._forget_old_expiries(now)
+        # Engines beat at least twice per TTL, so one silent for over half a TTL has
+        # missed a beat: counting those too catches a partition at its first lapse.
+        silent = sum(
+            1
+            for lease in self.leases.values()
+            if lease.healthy and lease.deadline - now < self.config.ttl_s / 2
+        )
+        self.self_preservation = bool(lapsed) and self._suspect_own_network(silent)
+        if not self.self_preservation:
+            for instance_id in lapsed:
+                self._expire(self.leases[instance_id], now)
+                self._silent_expiries.append(now)
+                if instance_id not in changed:
+                    changed.append(instance_id)
+        forget = tuple(
+            i
+            for i, lease in self.leases.items()
+            if lease.unhealthy_since is not None
+            and now - lease.unhealthy_since >= self.config.forget_after_s
+        )
+        return SweepResult(tuple(changed), forget, self.self_preservation)
+
+    def _suspect_own_network(self, silent: int) -> bool:
+        """Eureka's rule: many silent lapses at once mean we, not the fleet, lost the network."""
+        total = len(self.leases)
+        if total < self.config.self_preservation_min_instances:
+            return False
+        silent_share = (silent + len(self._silent_expiries)) / total
+        return silent_share > self.config.self_preservation_threshold
+
+    def _forget_old_expiries(self, now: float) -> None:
+        while self._silent_expiries and now - self._silent_expiries[0] > self.config.ttl_s:
+            self._silent_expiries.popleft()
+
+    def _is_stalled(self, lease: Lease, now: float) -> bool:
+        return lease.in_flight > 0 and now - lease.progress_at >= self.config.stall_after_s
+
+    @staticmethod
+    def _expire(lease: Lease, now: float) -> None:
+        lease.healthy, lease.unhealthy_since, lease.stalled = False, now, False

@@ -1,0 +1,87 @@
+"""The registry's durable records: what the store keeps across restarts.
+
+Leases, load and health live in memory (`lease.py`); everything here is written
+to the store before it is applied, so a crash never leaves half a change behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+
+def frozen_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
+    """A read-only copy, so a record can be shared with watchers without copying."""
+    return MappingProxyType(dict(labels))
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """One engine instance as registered, plus the admin and scheduler overrides on it."""
+
+    id: str
+    service: str
+    address: str
+    weight: int
+    capacity: int
+    engine_labels: Mapping[str, str]
+    registered_at: float
+    # Labels set by an admin or the scheduler (the pool label); None removes an engine label.
+    label_overrides: Mapping[str, str | None] = field(default_factory=dict)
+    weight_override: int | None = None
+    admin_drained: bool = False
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """Engine labels with overrides applied: what selectors match against."""
+        merged = dict(self.engine_labels)
+        for key, value in self.label_overrides.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        return merged
+
+    @property
+    def configured_weight(self) -> int:
+        return self.weight if self.weight_override is None else self.weight_override
+
+    def reregistered(
+        self, address: str, weight: int, capacity: int, engine_labels: Mapping[str, str]
+    ) -> InstanceRecord:
+        """The same identity re-registered: engine fields replaced, overrides kept."""
+        return replace(
+            self,
+            address=address,
+            weight=weight,
+            capacity=capacity,
+            engine_labels=frozen_labels(engine_labels),
+        )
+
+
+@dataclass(frozen=True)
+class AliasRecord:
+    """A named pool: `selector` (canonical text) over the instances of `service`."""
+
+    name: str
+    selector: str
+    service: str
+
+
+@dataclass(frozen=True)
+class TenantRecord:
+    """A tenant's ordered alias list for one language."""
+
+    tenant: str
+    lang: str
+    aliases: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StoreSnapshot:
+    """Everything durable, as loaded at start-up."""
+
+    instances: tuple[InstanceRecord, ...] = ()
+    aliases: tuple[AliasRecord, ...] = ()
+    tenants: tuple[TenantRecord, ...] = ()

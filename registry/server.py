@@ -1,0 +1,231 @@
+"""`tidepool registry serve`: the registry process on the embedded store.
+
+`build_server(config)` wires the parts; `main()` parses flags and runs it until
+SIGTERM or SIGINT, then stops accepting, lets streams finish briefly, and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import uvloop
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
+
+from registry.address import AddressPolicy, parse_ranges
+from registry.auth import TokenAuth
+from registry.catalog import Catalog
+from registry.config import OPTIONS, RegistryConfig
+from registry.core import RegistryCore
+from registry.lease import LeaseConfig, LeaseTable
+from registry.metrics import RegistryMetrics
+from registry.ratelimit import KeyedRateLimiter
+from registry.sdk.channel import channel_options
+from registry.sdk.options import ConfigError, add_options, parse_host_port
+from registry.sdk.status_http import StatusServer
+from registry.servicer import AdminServicer, RegistryServicer
+from registry.store import EmbeddedStore, Store
+from registry.watch import WatchHub
+from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
+
+log = logging.getLogger("tidepool.registry")
+SHUTDOWN_GRACE_S = 2.0
+
+
+def sweep_interval_s(ttl_s: float) -> float:
+    """Sweep often enough that a silent lapse is noticed within ~a tenth of a TTL."""
+    return min(0.1, ttl_s / 10)
+
+
+@dataclass
+class RegistryServer:
+    """A running registry: gRPC server, status endpoint, sweep loop and store."""
+
+    config: RegistryConfig
+    core: RegistryCore
+    grpc_server: grpc.aio.Server
+    status: StatusServer
+    health: health.aio.HealthServicer
+    grpc_port: int = 0
+    ready_flag: dict[str, bool] = field(default_factory=dict)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def grpc_address(self) -> str:
+        host, _ = parse_host_port(self.config.listen)
+        return f"{_bracket(host)}:{self.grpc_port}"
+
+    @property
+    def http_address(self) -> str:
+        host, _ = parse_host_port(self.config.http_listen)
+        return f"{_bracket(host)}:{self.status.port}"
+
+    async def start(self) -> None:
+        await self.core.start(self.config.restart_grace)
+        await self.grpc_server.start()
+        for name in ("", "tidepool.registry.v1.Registry", "tidepool.registry.v1.Admin"):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.status.start()
+        self._tasks.add(asyncio.create_task(self._sweep_forever(), name="registry-sweep"))
+        self.ready_flag["ready"] = True
+
+    async def _sweep_forever(self) -> None:
+        interval = sweep_interval_s(self.config.ttl)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.core.sweep()
+            except Exception:  # keep sweeping: one failed store write must not stop expiry
+                log.exception("liveness sweep failed")
+
+    async def stop(self) -> None:
+        self.ready_flag["ready"] = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.grpc_server.stop(SHUTDOWN_GRACE_S)
+        await self.status.stop()
+        await self.core.store.close()
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _credentials(config: RegistryConfig) -> grpc.ServerCredentials | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    pair = (Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())
+    return grpc.ssl_server_credentials([pair])
+
+
+def build_server(config: RegistryConfig, store: Store | None = None) -> RegistryServer:
+    """Wire catalog, leases, store, watch hub and servicers (nothing is started yet)."""
+    metrics_registry = CollectorRegistry()
+    metrics = RegistryMetrics(metrics_registry)
+    lease_config = LeaseConfig(
+        ttl_s=config.ttl,
+        stall_after_s=config.stall_after,
+        forget_after_s=config.forget_after,
+        self_preservation_threshold=config.self_preservation_threshold,
+        self_preservation_min_instances=config.self_preservation_min_instances,
+    )
+    catalog = Catalog(LeaseTable(lease_config))
+    clock = asyncio.get_running_loop().time
+    hub = WatchHub(
+        catalog,
+        max_pending=config.watch_max_pending,
+        on_resync=metrics.watch_resyncs.inc,
+        on_delivered=lambda created_at: metrics.fanout.observe(clock() - created_at),
+    )
+    core = RegistryCore(
+        catalog=catalog,
+        store=store or EmbeddedStore(config.data_dir),
+        hub=hub,
+        metrics=metrics,
+        address_policy=AddressPolicy(
+            allowed_ranges=parse_ranges(config.allow_address_ranges),
+            allow_loopback=config.listens_on_loopback,
+        ),
+        register_limiter=KeyedRateLimiter(config.register_rate, config.register_burst),
+        clock=clock,
+    )
+    metrics.track_instances(catalog.views)
+    auth = TokenAuth(config.engine_token, config.read_token, config.admin_token)
+    for role in auth.open_roles():
+        log.warning(
+            "no token grants %s access: anyone who can reach the registry has it", role.value
+        )
+    server = grpc.aio.server(
+        options=[*channel_options(config.max_message_bytes), ("grpc.so_reuseport", 0)],
+        maximum_concurrent_rpcs=None,
+    )
+    pb_grpc.add_RegistryServicer_to_server(
+        RegistryServicer(
+            core,
+            auth,
+            first_message_timeout_s=config.first_message_timeout,
+            heartbeat_interval_s=config.heartbeat_interval,
+            ttl_s=config.ttl,
+        ),
+        server,
+    )
+    pb_grpc.add_AdminServicer_to_server(AdminServicer(core, auth), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    credentials = _credentials(config)
+    if credentials is None:
+        port = server.add_insecure_port(config.listen)
+    else:
+        port = server.add_secure_port(config.listen, credentials)
+    host, http_port = parse_host_port(config.http_listen)
+    state = {"ready": False}
+    status = StatusServer(
+        host,
+        http_port,
+        metrics_registry,
+        lambda: (True, "ready") if state["ready"] else (False, "starting"),
+    )
+    return RegistryServer(config, core, server, status, health_servicer, port, ready_flag=state)
+
+
+async def run(config: RegistryConfig) -> int:
+    """Serve until SIGTERM/SIGINT."""
+    server = build_server(config)
+    await server.start()
+    sys.stdout.write(
+        f"tidepool registry ready grpc={server.grpc_address} http={server.http_address}\n"
+    )
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await server.stop()
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    result = argparse.ArgumentParser(
+        prog="tidepool registry serve",
+        description="Serve the tidepool registry on the embedded store.",
+    )
+    add_options(result, OPTIONS)
+    return result
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Entry point of `tidepool registry serve`; returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    namespace = parser().parse_args(argv)
+    try:
+        config = RegistryConfig.from_args(namespace, os.environ if environ is None else environ)
+    except ConfigError as exc:
+        sys.stderr.write(f"tidepool registry: {exc}\n")
+        return 2
+    try:
+        return uvloop.run(run(config))
+    except OSError as exc:
+        sys.stderr.write(f"tidepool registry: cannot start: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

@@ -1,0 +1,299 @@
+"""The gRPC edge of the registry: auth, input decoding, and errors turned into statuses.
+
+This is the one place where `RegistryError`s become gRPC status codes (each error
+class carries its code) and where unexpected failures become a plain INTERNAL
+status instead of a traceback sent to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from registry.address import parse_peer
+from registry.admin import AdminOps
+from registry.auth import Role, TokenAuth
+from registry.catalog import InstanceView
+from registry.convert import (
+    ENGINE_STATUS_FROM_PB,
+    alias_to_pb,
+    instance_to_pb,
+    load_from_pb,
+    tenant_to_pb,
+)
+from registry.core import Attachment, Registration, RegistryCore
+from registry.errors import InvalidArgumentError, RegistryError
+from registry.validation import validate_instance_id, validate_lang, validate_name
+from registry.watch import WatchTarget
+from tidepool.registry.v1 import registry_pb2 as pb
+from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
+
+log = logging.getLogger("tidepool.registry")
+UNARY_TIMEOUT_S = 10.0
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, metrics: Any) -> None:
+    if isinstance(exc, RegistryError):
+        metrics.rejected.labels(exc.code.name.lower()).inc()
+        await context.abort(exc.code, str(exc))
+    if isinstance(exc, TimeoutError):
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the registry took too long")
+    log.exception("unexpected error in %s", type(exc).__name__)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the registry log")
+
+
+def unary(role: Role) -> Callable[[Handler], Handler]:
+    """Check the token, bound the time, and map errors to statuses for a unary method."""
+
+    def wrap(method: Handler) -> Handler:
+        @functools.wraps(method)
+        async def handler(self: _Base, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                self.auth.check(role, context.invocation_metadata())
+                return await asyncio.wait_for(method(self, request, context), UNARY_TIMEOUT_S)
+            except Exception as exc:
+                await _abort(context, exc, self.core.metrics)
+
+        return handler  # type: ignore[return-value]
+
+    return wrap
+
+
+class _Base:
+    def __init__(self, core: RegistryCore, auth: TokenAuth) -> None:
+        self.core = core
+        self.auth = auth
+
+
+class RegistryServicer(_Base, pb_grpc.RegistryServicer):
+    """Engine and reader methods."""
+
+    def __init__(
+        self,
+        core: RegistryCore,
+        auth: TokenAuth,
+        *,
+        first_message_timeout_s: float,
+        heartbeat_interval_s: float,
+        ttl_s: float,
+    ) -> None:
+        super().__init__(core, auth)
+        self.first_message_timeout_s = first_message_timeout_s
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.ttl_s = ttl_s
+
+    @unary(Role.ENGINE)
+    async def Register(self, request: pb.RegisterRequest, context: Any) -> pb.RegisterResponse:
+        registration = Registration(
+            service=request.service,
+            instance_id=request.instance_id,
+            address=request.address,
+            weight=request.weight,
+            capacity=request.capacity,
+            labels=dict(request.labels),
+        )
+        view = await self.core.register(registration, parse_peer(context.peer()))
+        response = pb.RegisterResponse(instance=instance_to_pb(view))
+        response.heartbeat_interval.FromNanoseconds(int(self.heartbeat_interval_s * 1e9))
+        response.ttl.FromNanoseconds(int(self.ttl_s * 1e9))
+        return response
+
+    @unary(Role.ENGINE)
+    async def Deregister(self, request: pb.DeregisterRequest, context: Any) -> Any:
+        await self.core.deregister(validate_instance_id(request.instance_id))
+        return pb.DeregisterResponse()
+
+    async def Heartbeat(
+        self, request_iterator: AsyncIterator[pb.HeartbeatRequest], context: Any
+    ) -> None:
+        try:
+            self.auth.check(Role.ENGINE, context.invocation_metadata())
+            requests = aiter(request_iterator)
+            first = await asyncio.wait_for(anext(requests), self.first_message_timeout_s)
+            instance_id = validate_instance_id(first.instance_id)
+            attachment = self.core.attach(instance_id)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the first heartbeat must arrive within {self.first_message_timeout_s}s",
+            )
+        except Exception as exc:
+            await _abort(context, exc, self.core.metrics)
+        broken = True
+        try:
+            self._beat(instance_id, first)
+            await context.write(pb.HeartbeatResponse())
+            broken = await self._serve_stream(attachment, requests, context)
+        except RegistryError as exc:
+            await _abort(context, exc, self.core.metrics)
+        finally:
+            self.core.detach(attachment, broken=broken)
+
+    def _beat(self, instance_id: str, request: pb.HeartbeatRequest) -> None:
+        status = ENGINE_STATUS_FROM_PB.get(request.status)
+        if status is None:
+            raise InvalidArgumentError("status", f"unknown engine status {request.status}")
+        self.core.heartbeat(instance_id, status, load_from_pb(request.load))
+
+    async def _read_beats(
+        self, instance_id: str, requests: AsyncIterator[pb.HeartbeatRequest]
+    ) -> None:
+        # A stream open but silent past the TTL is dead weight: the lease has lapsed.
+        idle_s = 2 * self.ttl_s
+        while True:
+            request = await asyncio.wait_for(anext(requests), idle_s)
+            self._beat(instance_id, request)
+
+    async def _serve_stream(
+        self,
+        attachment: Attachment,
+        requests: AsyncIterator[pb.HeartbeatRequest],
+        context: Any,
+    ) -> bool:
+        """Relay directives until the stream ends; True when it ended by breaking."""
+        reader = asyncio.create_task(self._read_beats(attachment.instance_id, requests))
+        superseded = asyncio.create_task(attachment.superseded.wait())
+        try:
+            while True:
+                directive = asyncio.create_task(attachment.directives.get())
+                done, _ = await asyncio.wait(
+                    {reader, superseded, directive}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if directive in done:
+                    await context.write(pb.HeartbeatResponse(directive=directive.result()))
+                    continue
+                directive.cancel()
+                if superseded in done:
+                    return False
+                exc = reader.exception()
+                if isinstance(exc, RegistryError):
+                    await _abort(context, exc, self.core.metrics)
+                # Silence is not a break: leave it to the lease, where self-preservation
+                # can tell a dead engine from our own lost network.
+                return not isinstance(exc, TimeoutError)
+        finally:
+            for task in (reader, superseded):
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(reader, superseded, return_exceptions=True)
+
+    async def Watch(self, request: pb.WatchRequest, context: Any) -> None:
+        try:
+            self.auth.check(Role.READ, context.invocation_metadata())
+            if request.alias:
+                target = WatchTarget(alias=validate_name(request.alias, "alias"))
+            else:
+                service = validate_name(request.service, "service") if request.service else ""
+                target = WatchTarget(service=service)
+            watcher = self.core.hub.subscribe(target)
+        except Exception as exc:
+            await _abort(context, exc, self.core.metrics)
+        self.core.metrics.watchers.inc()
+        try:
+            while True:
+                events = await self.core.hub.next_events(watcher)
+                if not events:
+                    return
+                for event in events:
+                    await context.write(event)
+        finally:
+            self.core.hub.unsubscribe(watcher)
+            self.core.metrics.watchers.dec()
+
+    @unary(Role.READ)
+    async def Resolve(self, request: pb.ResolveRequest, context: Any) -> pb.ResolveResponse:
+        catalog = self.core.catalog
+        if request.alias:
+            alias = validate_name(request.alias, "alias")
+            views: list[InstanceView] = catalog.resolve_alias(alias)
+        elif request.tenant and request.lang:
+            tenant = validate_name(request.tenant, "tenant")
+            alias, views = catalog.resolve_tenant(tenant, validate_lang(request.lang))
+        else:
+            raise InvalidArgumentError("alias", "set alias, or both tenant and lang")
+        return pb.ResolveResponse(
+            alias=alias, revision=catalog.revision, instances=[instance_to_pb(v) for v in views]
+        )
+
+    @unary(Role.READ)
+    async def ListInstances(self, request: pb.ListInstancesRequest, context: Any) -> Any:
+        service = validate_name(request.service, "service") if request.service else None
+        catalog = self.core.catalog
+        return pb.ListInstancesResponse(
+            revision=catalog.revision,
+            instances=[instance_to_pb(v) for v in catalog.views(service)],
+        )
+
+    @unary(Role.READ)
+    async def ListAliases(self, request: pb.ListAliasesRequest, context: Any) -> Any:
+        aliases = sorted(self.core.catalog.aliases.items())
+        return pb.ListAliasesResponse(aliases=[alias_to_pb(a) for _, a in aliases])
+
+    @unary(Role.READ)
+    async def ListTenants(self, request: pb.ListTenantsRequest, context: Any) -> Any:
+        tenants = sorted(self.core.catalog.tenants.items())
+        return pb.ListTenantsResponse(tenants=[tenant_to_pb(t) for _, t in tenants])
+
+
+class AdminServicer(_Base, pb_grpc.AdminServicer):
+    """Admin methods; every one needs the admin token."""
+
+    def __init__(self, core: RegistryCore, auth: TokenAuth) -> None:
+        super().__init__(core, auth)
+        self.ops = AdminOps(core)
+
+    @unary(Role.ADMIN)
+    async def SetWeight(self, request: pb.SetWeightRequest, context: Any) -> pb.Instance:
+        view = await self.ops.set_weight(request.instance_id, request.weight, request.clear)
+        return instance_to_pb(view)
+
+    @unary(Role.ADMIN)
+    async def Drain(self, request: pb.DrainRequest, context: Any) -> pb.Instance:
+        return instance_to_pb(await self.ops.drain(request.instance_id))
+
+    @unary(Role.ADMIN)
+    async def Restore(self, request: pb.RestoreRequest, context: Any) -> pb.Instance:
+        return instance_to_pb(await self.ops.restore(request.instance_id))
+
+    @unary(Role.ADMIN)
+    async def SetLabels(self, request: pb.SetLabelsRequest, context: Any) -> pb.Instance:
+        view = await self.ops.set_labels(
+            request.instance_id, dict(request.set), list(request.remove)
+        )
+        return instance_to_pb(view)
+
+    @unary(Role.ADMIN)
+    async def SendDirective(self, request: pb.SendDirectiveRequest, context: Any) -> pb.Instance:
+        directive = pb.Directive()
+        directive.CopyFrom(request.directive)
+        return instance_to_pb(self.ops.send_directive(request.instance_id, directive))
+
+    @unary(Role.ADMIN)
+    async def PutAlias(self, request: pb.PutAliasRequest, context: Any) -> pb.Alias:
+        alias = request.alias
+        return alias_to_pb(await self.ops.put_alias(alias.name, alias.selector, alias.service))
+
+    @unary(Role.ADMIN)
+    async def DeleteAlias(self, request: pb.DeleteAliasRequest, context: Any) -> Any:
+        await self.ops.delete_alias(request.name)
+        return pb.DeleteAliasResponse()
+
+    @unary(Role.ADMIN)
+    async def PutTenant(self, request: pb.PutTenantRequest, context: Any) -> pb.TenantRoute:
+        route = request.route
+        record = await self.ops.put_tenant(route.tenant, route.lang, list(route.aliases))
+        return tenant_to_pb(record)
+
+    @unary(Role.ADMIN)
+    async def DeleteTenant(self, request: pb.DeleteTenantRequest, context: Any) -> Any:
+        await self.ops.delete_tenant(request.tenant, request.lang)
+        return pb.DeleteTenantResponse()

@@ -1,0 +1,185 @@
+"""Change streams: each watcher gets a snapshot, then deltas, from a bounded queue.
+
+A watcher that falls behind (its queue would exceed `max_pending`) loses its
+queue and is marked for a fresh snapshot instead: memory stays bounded and the
+watcher still converges on the current view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from registry.catalog import Catalog, Change, InstanceView
+from registry.convert import alias_to_pb, instance_to_pb, tenant_to_pb
+from tidepool.registry.v1 import registry_pb2 as pb
+
+DEFAULT_MAX_PENDING = 1024
+
+
+@dataclass(frozen=True)
+class WatchTarget:
+    """Every instance of `service`, or only those `alias` selects."""
+
+    service: str = ""
+    alias: str = ""
+
+
+@dataclass(frozen=True)
+class _Pending:
+    change: Change
+    instance: pb.Instance | None
+
+
+@dataclass(eq=False)
+class Watcher:
+    """One subscriber's queue, membership and resync flag."""
+
+    target: WatchTarget
+    max_pending: int
+    queue: deque[_Pending] = field(default_factory=deque)
+    members: set[str] = field(default_factory=set)
+    resync: bool = True
+    closed: bool = False
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def offer(self, batch: list[_Pending]) -> bool:
+        """Queue a batch; False when the watcher fell behind and now needs a snapshot."""
+        if self.resync:
+            return True
+        if len(self.queue) + len(batch) > self.max_pending:
+            self.queue.clear()
+            self.resync = True
+            self.wakeup.set()
+            return False
+        self.queue.extend(batch)
+        self.wakeup.set()
+        return True
+
+
+@dataclass
+class WatchHub:
+    """Fans catalog changes out to every watcher."""
+
+    catalog: Catalog
+    max_pending: int = DEFAULT_MAX_PENDING
+    on_resync: Callable[[], None] = lambda: None
+    on_delivered: Callable[[float], None] = lambda _created_at: None
+    watchers: set[Watcher] = field(default_factory=set)
+
+    def subscribe(self, target: WatchTarget) -> Watcher:
+        if target.alias:
+            self.catalog.selector(target.alias)  # NotFoundError for an unknown alias
+        watcher = Watcher(target, self.max_pending)
+        watcher.wakeup.set()
+        self.watchers.add(watcher)
+        return watcher
+
+    def unsubscribe(self, watcher: Watcher) -> None:
+        watcher.closed = True
+        watcher.wakeup.set()
+        self.watchers.discard(watcher)
+
+    def publish(self, changes: list[Change]) -> None:
+        """Queue changes for every watcher; the wire form of an instance is built once."""
+        if not changes or not self.watchers:
+            return
+        batch = [
+            _Pending(c, instance_to_pb(c.view) if c.view is not None else None) for c in changes
+        ]
+        for watcher in self.watchers:
+            if not watcher.offer(batch):
+                self.on_resync()
+
+    async def next_events(self, watcher: Watcher) -> list[pb.WatchEvent]:
+        """Wait for the watcher's next events: a snapshot when due, else its deltas."""
+        while True:
+            await watcher.wakeup.wait()
+            watcher.wakeup.clear()
+            if watcher.closed:
+                return []
+            if watcher.resync:
+                watcher.resync = False
+                watcher.queue.clear()
+                return [self._snapshot(watcher)]
+            pending = list(watcher.queue)
+            watcher.queue.clear()
+            events = self._deltas(watcher, pending)
+            if events:
+                return events
+
+    def _snapshot(self, watcher: Watcher) -> pb.WatchEvent:
+        views = self._scope(watcher.target)
+        watcher.members = {v.id for v in views}
+        return pb.WatchEvent(
+            kind=pb.WatchEvent.KIND_SNAPSHOT,
+            revision=self.catalog.revision,
+            instances=[instance_to_pb(v) for v in views],
+            aliases=[alias_to_pb(a) for _, a in sorted(self.catalog.aliases.items())],
+            tenants=[tenant_to_pb(t) for _, t in sorted(self.catalog.tenants.items())],
+        )
+
+    def _scope(self, target: WatchTarget) -> list[InstanceView]:
+        if target.alias:
+            if target.alias not in self.catalog.aliases:
+                return []
+            return self.catalog.alias_members(target.alias)
+        return self.catalog.views(target.service or None)
+
+    def _deltas(self, watcher: Watcher, pending: list[_Pending]) -> list[pb.WatchEvent]:
+        events: list[pb.WatchEvent] = []
+        for item in pending:
+            event = self._delta(watcher, item)
+            if event is None:
+                continue
+            self.on_delivered(item.change.created_at)
+            last = events[-1] if events else None
+            if last is not None and last.kind == event.kind and event.kind != event.KIND_ROUTING:
+                last.instances.extend(event.instances)  # coalesce a run of the same kind
+                last.revision = event.revision
+            else:
+                events.append(event)
+        return events
+
+    def _delta(self, watcher: Watcher, item: _Pending) -> pb.WatchEvent | None:
+        change, target = item.change, watcher.target
+        if change.kind == "routing":
+            if target.alias:
+                watcher.resync = True  # the selector may have changed: start over
+                watcher.wakeup.set()
+                return None
+            return self._routing_event(change.revision)
+        view = change.view
+        assert view is not None
+        assert item.instance is not None
+        in_scope = self._in_scope(target, view) and change.kind == "upsert"
+        was_member = view.id in watcher.members
+        if in_scope:
+            watcher.members.add(view.id)
+            kind = pb.WatchEvent.KIND_UPSERT
+        elif was_member:
+            watcher.members.discard(view.id)
+            kind = pb.WatchEvent.KIND_DELETE
+        else:
+            return None
+        return pb.WatchEvent(kind=kind, revision=change.revision, instances=[item.instance])
+
+    def _in_scope(self, target: WatchTarget, view: InstanceView) -> bool:
+        if target.alias:
+            alias = self.catalog.aliases.get(target.alias)
+            return (
+                alias is not None
+                and view.record.service == alias.service
+                and self.catalog.selector(target.alias).matches(view.labels)
+            )
+        return not target.service or view.record.service == target.service
+
+    def _routing_event(self, revision: int) -> pb.WatchEvent:
+        return pb.WatchEvent(
+            kind=pb.WatchEvent.KIND_ROUTING,
+            revision=revision,
+            aliases=[alias_to_pb(a) for _, a in sorted(self.catalog.aliases.items())],
+            tenants=[tenant_to_pb(t) for _, t in sorted(self.catalog.tenants.items())],
+        )

@@ -1,0 +1,71 @@
+"""The `tidepool` command: one program, a subcommand per component."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+USAGE = """usage: tidepool COMMAND [ARGS]
+
+commands:
+  registry serve   run the registry (embedded store)
+  engine-stub      run a simulated GPU engine that registers itself
+  ctl              administer a registry: instances, aliases, tenants, drains
+  up               run registry and a mixed engine fleet on this machine
+
+Run `tidepool COMMAND --help` for a command's flags.
+"""
+
+
+def _registry(argv: Sequence[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write("usage: tidepool registry serve [FLAGS]   (see --help after serve)\n")
+        return 0 if argv else 2
+    if argv[0] != "serve":
+        sys.stderr.write(f"tidepool registry: unknown command {argv[0]!r}; try `serve`\n")
+        return 2
+    from registry.server import main
+
+    return main(argv[1:])
+
+
+def _engine_stub(argv: Sequence[str]) -> int:
+    from engine_stub.server import main
+
+    return main(argv)
+
+
+def _ctl(argv: Sequence[str]) -> int:
+    from tidepool.ctl.main import main
+
+    return main(argv)
+
+
+def _up(argv: Sequence[str]) -> int:
+    from tidepool.up import main
+
+    return main(argv)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "registry": _registry,
+    "engine-stub": _engine_stub,
+    "ctl": _ctl,
+    "up": _up,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        sys.stdout.write(USAGE)
+        return 0 if args else 2
+    command = COMMANDS.get(args[0])
+    if command is None:
+        sys.stderr.write(f"tidepool: unknown command {args[0]!r}\n{USAGE}")
+        return 2
+    return command(args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

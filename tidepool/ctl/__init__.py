@@ -1,0 +1,1 @@
+"""`tidepool ctl`: the admin command line (listings, aliases, tenant routes, drains)."""

@@ -1,0 +1,105 @@
+"""How ctl listings look: the documented JSON shapes and the human tables (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tidepool.registry.v1 import registry_pb2 as pb
+
+STATE_NAMES = {
+    pb.INSTANCE_STATE_UNSPECIFIED: "unknown",
+    pb.INSTANCE_STATE_READY: "ready",
+    pb.INSTANCE_STATE_DRAINING: "draining",
+    pb.INSTANCE_STATE_SWITCHING: "switching",
+    pb.INSTANCE_STATE_STALLED: "stalled",
+    pb.INSTANCE_STATE_UNHEALTHY: "unhealthy",
+}
+
+
+def instance_json(instance: pb.Instance) -> dict[str, Any]:
+    """One instance in the `ctl instances --json` shape documented in the README."""
+    load, gpu = instance.load, instance.load.gpu
+    return {
+        "id": instance.id,
+        "service": instance.service,
+        "address": instance.address,
+        "weight": instance.weight,
+        "effective_weight": instance.effective_weight,
+        "capacity": instance.capacity,
+        "labels": dict(sorted(instance.labels.items())),
+        "state": STATE_NAMES.get(instance.state, "unknown"),
+        "admin_drained": instance.admin_drained,
+        "load": {
+            "in_flight": load.in_flight,
+            "queued": load.queued,
+            "slots": load.slots,
+            "progress": load.progress,
+            "gpu": {
+                "present": gpu.present,
+                "name": gpu.name,
+                "utilization_percent": gpu.utilization_percent,
+                "memory_used_bytes": gpu.memory_used_bytes,
+                "memory_total_bytes": gpu.memory_total_bytes,
+            },
+        },
+        "last_heartbeat_at": (
+            instance.last_heartbeat_at.ToJsonString()
+            if instance.HasField("last_heartbeat_at")
+            else None
+        ),
+    }
+
+
+def alias_json(alias: pb.Alias) -> dict[str, Any]:
+    return {"name": alias.name, "selector": alias.selector, "service": alias.service}
+
+
+def tenant_json(route: pb.TenantRoute) -> dict[str, Any]:
+    return {"tenant": route.tenant, "lang": route.lang, "aliases": list(route.aliases)}
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned columns separated by two spaces."""
+    cells = [list(headers)] + [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in cells
+    ]
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def instances_table(instances: Sequence[pb.Instance]) -> str:
+    rows = []
+    for i in instances:
+        labels = i.labels
+        load = i.load
+        rows.append(
+            (
+                i.id,
+                i.address,
+                STATE_NAMES.get(i.state, "unknown"),
+                f"{i.effective_weight}/{i.weight}",
+                labels.get("lang", "-"),
+                labels.get("tier", "-"),
+                labels.get("pool", "-"),
+                f"{load.in_flight}/{i.capacity}",
+                load.queued,
+                f"{load.gpu.utilization_percent}%" if load.gpu.present else "no GPU",
+            )
+        )
+    headers = ("ID", "ADDRESS", "STATE", "WEIGHT", "LANG", "TIER", "POOL", "BUSY", "QUEUED", "GPU")
+    return table(headers, rows)
+
+
+def aliases_table(aliases: Sequence[pb.Alias]) -> str:
+    return table(
+        ("ALIAS", "SERVICE", "SELECTOR"), [(a.name, a.service, a.selector) for a in aliases]
+    )
+
+
+def tenants_table(routes: Sequence[pb.TenantRoute]) -> str:
+    return table(
+        ("TENANT", "LANG", "ALIASES"), [(r.tenant, r.lang, ",".join(r.aliases)) for r in routes]
+    )
