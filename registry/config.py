@@ -207,22 +207,22 @@ class RegistryConfig:
     def __post_init__(self) -> None:
         if self.ttl < 2 * self.heartbeat_interval:
             raise ConfigError(
-                f"registry: --ttl must be at least twice --heartbeat-interval "
+                f"--ttl must be at least twice --heartbeat-interval "
                 f"({self.heartbeat_interval}s), got {self.ttl}s"
             )
         if self.restart_grace < self.ttl:
             raise ConfigError(
-                f"registry: --restart-grace must be at least --ttl ({self.ttl}s), "
+                f"--restart-grace must be at least --ttl ({self.ttl}s), "
                 f"got {self.restart_grace}s"
             )
         if self.max_message_bytes < 4096:
             raise ConfigError(
-                f"registry: --max-message-bytes must be at least 4096, got {self.max_message_bytes}"
+                f"--max-message-bytes must be at least 4096, got {self.max_message_bytes}"
             )
         if self.register_burst < 1 or self.watch_max_pending < 1:
-            raise ConfigError("registry: --register-burst and --watch-max-pending must be >= 1")
+            raise ConfigError("--register-burst and --watch-max-pending must be >= 1")
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise ConfigError("registry: --tls-cert and --tls-key must be given together")
+            raise ConfigError("--tls-cert and --tls-key must be given together")
 
     @property
     def listens_on_loopback(self) -> bool:

@@ -168,9 +168,14 @@ class RegistryCore:
         if instance_id not in self.catalog.records:
             raise NotFoundError("instance", instance_id)
         self.metrics.heartbeats.inc()
+        status_changed = self.catalog.last_report(instance_id).status is not status
         self.catalog.report(instance_id, EngineReport(status, load, self.wall()))
-        self.leases.heartbeat(instance_id, self.clock(), load.in_flight, load.progress)
-        self._touch(instance_id)
+        liveness_changed = self.leases.heartbeat(
+            instance_id, self.clock(), load.in_flight, load.progress
+        )
+        # The hot path: most beats change nothing a router sees, so skip the view rebuild.
+        if status_changed or liveness_changed:
+            self._touch(instance_id)
 
     def detach(self, attachment: Attachment, *, broken: bool) -> None:
         """A stream ended. Only the current stream's end counts: a superseded one is moot."""

@@ -27,11 +27,12 @@ from registry.auth import TokenAuth
 from registry.catalog import Catalog
 from registry.config import OPTIONS, RegistryConfig
 from registry.core import RegistryCore
+from registry.errors import RegistryError
 from registry.lease import LeaseConfig, LeaseTable
 from registry.metrics import RegistryMetrics
 from registry.ratelimit import KeyedRateLimiter
 from registry.sdk.channel import channel_options
-from registry.sdk.options import ConfigError, add_options, parse_host_port
+from registry.sdk.options import CommandParser, ConfigError, add_options, parse_host_port
 from registry.sdk.status_http import StatusServer
 from registry.servicer import AdminServicer, RegistryServicer
 from registry.store import EmbeddedStore, Store
@@ -200,7 +201,7 @@ async def run(config: RegistryConfig) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    result = argparse.ArgumentParser(
+    result = CommandParser(
         prog="tidepool registry serve",
         description="Serve the tidepool registry on the embedded store.",
     )
@@ -219,7 +220,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 2
     try:
         return uvloop.run(run(config))
-    except OSError as exc:
+    except (OSError, RuntimeError, RegistryError) as exc:
+        # grpc reports a port it cannot bind as RuntimeError; the store as RegistryError.
         sys.stderr.write(f"tidepool registry: cannot start: {exc}\n")
         return 1
     except KeyboardInterrupt:

@@ -22,6 +22,7 @@ import uvloop
 
 from registry.sdk.channel import auth_metadata, open_channel
 from registry.sdk.options import (
+    CommandParser,
     ConfigError,
     Option,
     add_options,
@@ -233,7 +234,7 @@ async def run(settings: Mapping[str, object]) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    result = argparse.ArgumentParser(
+    result = CommandParser(
         prog="tidepool up",
         description="Run the registry and a mixed fleet of engine stubs on this machine.",
     )

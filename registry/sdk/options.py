@@ -13,13 +13,20 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 CONFIG_ENV = "TIDEPOOL_CONFIG"
 
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the flag and the rule."""
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr, as operators' scripts expect."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
 def parse_bool(text: str) -> bool:
@@ -32,15 +39,23 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"expected true or false, got {text!r}")
 
 
+def _number(text: str, kind: type[float] | type[int]) -> float:
+    try:
+        return kind(text)
+    except ValueError:
+        noun = "a whole number" if kind is int else "a number"
+        raise ValueError(f"must be {noun}, got {text!r}") from None
+
+
 def parse_positive_float(text: str) -> float:
-    value = float(text)
+    value = _number(text, float)
     if not value > 0:
         raise ValueError(f"must be greater than 0, got {text}")
     return value
 
 
 def parse_non_negative_int(text: str) -> int:
-    value = int(text)
+    value = int(_number(text, int))
     if value < 0:
         raise ValueError(f"must be 0 or more, got {text}")
     return value

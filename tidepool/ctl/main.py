@@ -9,7 +9,14 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from registry.sdk.options import ConfigError, Option, add_options, parse_host_port, resolve
+from registry.sdk.options import (
+    CommandParser,
+    ConfigError,
+    Option,
+    add_options,
+    parse_host_port,
+    resolve,
+)
 from tidepool.ctl.client import CtlError, RegistryClient
 from tidepool.ctl.render import (
     alias_json,
@@ -152,7 +159,7 @@ def _tenant_commands(sub: Any) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    result = argparse.ArgumentParser(prog="tidepool ctl", description="Administer a registry.")
+    result = CommandParser(prog="tidepool ctl", description="Administer a registry.")
     add_options(result, OPTIONS)
     sub = result.add_subparsers(dest="command", required=True)
     p = _command(sub, "instances", cmd_instances, "list instances, their state and load")
