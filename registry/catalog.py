@@ -139,8 +139,9 @@ class Catalog:
 
     def put(self, record: InstanceRecord, now: float, created_at: float) -> list[Change]:
         """Store a new or updated record; a (re-)registration also renews its lease."""
-        if record.id not in self.records:
-            self._reports[record.id] = EngineReport()
+        # setdefault: keep a report the core gave just before the first put (the
+        # registration's heartbeat time), which assignment used to wipe out.
+        self._reports.setdefault(record.id, EngineReport())
         self.records[record.id] = record
         return self.refresh([record.id], created_at)
 

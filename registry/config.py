@@ -212,8 +212,7 @@ class RegistryConfig:
             )
         if self.restart_grace < self.ttl:
             raise ConfigError(
-                f"--restart-grace must be at least --ttl ({self.ttl}s), "
-                f"got {self.restart_grace}s"
+                f"--restart-grace must be at least --ttl ({self.ttl}s), got {self.restart_grace}s"
             )
         if self.max_message_bytes < 4096:
             raise ConfigError(

@@ -34,6 +34,8 @@ class Lease:
     progress: int = 0
     progress_at: float = 0.0
     stalled: bool = False
+    # Restored from the store at start-up and not heard from since.
+    restored: bool = False
 
     def routable_liveness(self) -> bool:
         return self.healthy and not self.stalled
@@ -63,8 +65,10 @@ class LeaseTable:
         lease = self.leases.get(instance_id)
         deadline = now + (self.config.ttl_s if grace_s is None else grace_s)
         if lease is None:
-            self.leases[instance_id] = Lease(deadline=deadline, progress_at=now)
+            restored = grace_s is not None
+            self.leases[instance_id] = Lease(deadline=deadline, progress_at=now, restored=restored)
             return True
+        lease.restored = False
         changed = not lease.healthy or lease.stalled
         lease.deadline = max(lease.deadline, deadline)
         lease.healthy, lease.unhealthy_since, lease.stalled = True, None, False
@@ -83,6 +87,7 @@ class LeaseTable:
         before = (lease.healthy, lease.stalled)
         lease.deadline = now + self.config.ttl_s
         lease.last_heartbeat_at = now
+        lease.restored = False
         lease.healthy, lease.unhealthy_since = True, None
         if progress != lease.progress or in_flight == 0:
             # Idle is not stuck; and any finished work restarts the stall clock.
@@ -116,10 +121,12 @@ class LeaseTable:
         self._forget_old_expiries(now)
         # Engines beat at least twice per TTL, so one silent for over half a TTL has
         # missed a beat: counting those too catches a partition at its first lapse.
+        # Only leases heard from since this start count: instances restored from the
+        # store that never re-attach must expire after the grace, not hold each other up.
         silent = sum(
             1
             for lease in self.leases.values()
-            if lease.healthy and lease.deadline - now < self.config.ttl_s / 2
+            if lease.healthy and not lease.restored and lease.deadline - now < self.config.ttl_s / 2
         )
         self.self_preservation = bool(lapsed) and self._suspect_own_network(silent)
         if not self.self_preservation:
@@ -138,7 +145,7 @@ class LeaseTable:
 
     def _suspect_own_network(self, silent: int) -> bool:
         """Eureka's rule: many silent lapses at once mean we, not the fleet, lost the network."""
-        total = len(self.leases)
+        total = sum(1 for lease in self.leases.values() if not lease.restored)
         if total < self.config.self_preservation_min_instances:
             return False
         silent_share = (silent + len(self._silent_expiries)) / total

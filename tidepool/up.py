@@ -217,8 +217,10 @@ async def run(settings: Mapping[str, object]) -> int:
             f"tidepool up: {len(engines)} engines ready; "
             f"try `tidepool ctl --registry {address} instances`. Ctrl-C stops everything."
         )
-        waiters = [asyncio.create_task(stop.wait())]
-        waiters.append(asyncio.create_task(registry.process.wait()))
+        waiters: list[asyncio.Task[object]] = [
+            asyncio.create_task(stop.wait()),
+            asyncio.create_task(registry.process.wait()),
+        ]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waiters:
             waiter.cancel()

@@ -1,0 +1,1 @@
+"""Benchmarks that prove tidepool's numbers: registry capacity and failure detection."""
