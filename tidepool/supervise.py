@@ -61,6 +61,9 @@ async def start_child(name: str, argv: Sequence[str], ready_timeout_s: float) ->
         *argv,
         stdout=asyncio.subprocess.PIPE,
         stdin=asyncio.subprocess.DEVNULL,
+        # Own session: Ctrl-C reaches only `up`, which then stops engines before the
+        # registry, so engines can drain and deregister while it still answers.
+        start_new_session=True,
     )
     child = Child(name, process)
     assert process.stdout is not None

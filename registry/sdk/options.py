@@ -130,7 +130,11 @@ def resolve(
         if raw is None and option.name in from_file:
             raw, source = from_file[option.name], f"config key {option.name}"
         if raw is None:
-            values[option.name] = option.default
+            # A textual default goes through the same parser as a given value.
+            default = option.default
+            values[option.name] = (
+                _parse(option, default, "default") if isinstance(default, str) else default
+            )
             continue
         values[option.name] = _parse(option, raw, source)
     return values
