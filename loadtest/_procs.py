@@ -18,9 +18,11 @@ import shlex
 import shutil
 import signal
 import sys
+import tempfile
 import threading
+import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -598,3 +600,34 @@ class GeneratorPool:
                 await asyncio.to_thread(process.join, 1.0)
         for conn in self.conns:
             conn.close()
+
+
+Body = Callable[[argparse.Namespace, "Children", Path], Awaitable[dict[str, Any]]]
+
+
+async def run_benchmark(name: str, args: argparse.Namespace, body: Body) -> dict[str, Any]:
+    """Run `body` with signal handling, a scratch dir and child cleanup; wrap its result."""
+    task = asyncio.current_task()
+    assert task is not None
+    stop_signals.install(task)
+    started_at, t0, load_start = time.time(), time.monotonic(), loadavg()
+    work = Path(tempfile.mkdtemp(prefix=f"tidepool-{name}-"))
+    log_dir = Path(args.log_dir) if args.log_dir else work
+    log_dir.mkdir(parents=True, exist_ok=True)
+    children = Children(log_dir)
+    try:
+        measured = await body(args, children, work)
+    finally:
+        await children.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "benchmark": name,
+        "command": command_line(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started_at)),
+        "duration_s": round(time.monotonic() - t0, 1),
+        "cpu_count": os.cpu_count(),
+        "loadavg_start": load_start,
+        "loadavg_end": loadavg(),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "log_dir")},
+        **measured,
+    }

@@ -16,13 +16,10 @@ import argparse
 import asyncio
 import contextlib
 import importlib.util
-import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -37,11 +34,11 @@ from loadtest._procs import (
     ChildError,
     Children,
     command_line,
-    loadavg,
     metric_sum,
     percentile,
     registry_argv,
     render_table,
+    run_benchmark,
     say,
     scrape,
     stop_signals,
@@ -324,33 +321,16 @@ async def _lab_run(args: argparse.Namespace, children: Children, work: Path) -> 
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    task = asyncio.current_task()
-    assert task is not None
-    stop_signals.install(task)
-    started_at, t0, load_start = time.time(), time.monotonic(), loadavg()
-    work = Path(tempfile.mkdtemp(prefix="tidepool-detection-"))
-    log_dir = Path(args.log_dir) if args.log_dir else work
-    log_dir.mkdir(parents=True, exist_ok=True)
-    children = Children(log_dir)
-    try:
+    async def body(args: argparse.Namespace, children: Children, work: Path) -> dict[str, Any]:
         measured = await _lab_run(args, children, work)
-    finally:
-        await children.stop_all()
-        shutil.rmtree(work, ignore_errors=True)
-    return {
-        "benchmark": "failure_detection",
-        "command": command_line(),
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started_at)),
-        "duration_s": round(time.monotonic() - t0, 1),
-        "cpu_count": os.cpu_count(),
-        "loadavg_start": load_start,
-        "loadavg_end": loadavg(),
-        "ttl_s": args.ttl,
-        "heartbeat_interval_s": args.heartbeat_interval,
-        "sweep_interval_s": sweep_interval_s(args.ttl),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "log_dir")},
-        **measured,
-    }
+        return {
+            "ttl_s": args.ttl,
+            "heartbeat_interval_s": args.heartbeat_interval,
+            "sweep_interval_s": sweep_interval_s(args.ttl),
+            **measured,
+        }
+
+    return await run_benchmark("failure_detection", args, body)
 
 
 # --- the report ------------------------------------------------------------------------

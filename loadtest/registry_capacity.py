@@ -17,9 +17,7 @@ import argparse
 import asyncio
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,12 +38,12 @@ from loadtest._procs import (
     channel_options,
     command_line,
     engine_id,
-    loadavg,
     metric_sum,
     percentile,
     registry_argv,
     render_table,
     rss_bytes,
+    run_benchmark,
     say,
     scrape,
     stop_signals,
@@ -501,31 +499,10 @@ async def _bench(args: argparse.Namespace, children: Children, work: Path) -> di
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    task = asyncio.current_task()
-    assert task is not None
-    stop_signals.install(task)
-    started_at, t0, load_start = time.time(), time.monotonic(), loadavg()
-    work = Path(tempfile.mkdtemp(prefix="tidepool-capacity-"))
-    log_dir = Path(args.log_dir) if args.log_dir else work
-    log_dir.mkdir(parents=True, exist_ok=True)
-    children = Children(log_dir)
-    try:
-        measured = await _bench(args, children, work)
-    finally:
-        await children.stop_all()
-        shutil.rmtree(work, ignore_errors=True)
-    return {
-        "benchmark": "registry_capacity",
-        "command": command_line(),
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started_at)),
-        "duration_s": round(time.monotonic() - t0, 1),
-        "cpu_count": os.cpu_count(),
-        "loadavg_start": load_start,
-        "loadavg_end": loadavg(),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "log_dir")},
-        "registry_flags": registry_flags(args),
-        **measured,
-    }
+    async def body(args: argparse.Namespace, children: Children, work: Path) -> dict[str, Any]:
+        return {"registry_flags": registry_flags(args), **await _bench(args, children, work)}
+
+    return await run_benchmark("registry_capacity", args, body)
 
 
 # --- the report ------------------------------------------------------------------------

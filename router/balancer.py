@@ -87,7 +87,29 @@ def _routable(
     return tuple(kept), tuple(kept_weights)
 
 
-class SmoothWrrPicker:
+class _SnapshotPicker:
+    """The read-only part every picker shares: its snapshot and when to rebuild it."""
+
+    __slots__ = ()
+
+    _endpoints: tuple[Endpoint, ...]
+    _weights: tuple[float, ...]
+    _refresh_at: float | None
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        return self._endpoints
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        return self._weights
+
+    @property
+    def refresh_at(self) -> float | None:
+        return self._refresh_at
+
+
+class SmoothWrrPicker(_SnapshotPicker):
     """nginx's smooth weighted round robin over fixed weights.
 
     Each pick adds every endpoint's weight to its current weight, picks the largest
@@ -143,18 +165,6 @@ class SmoothWrrPicker:
             current = [c - shift for c in current]
         return current
 
-    @property
-    def endpoints(self) -> tuple[Endpoint, ...]:
-        return self._endpoints
-
-    @property
-    def weights(self) -> tuple[float, ...]:
-        return self._weights
-
-    @property
-    def refresh_at(self) -> float | None:
-        return self._refresh_at
-
     def pick(self, exclude: frozenset[str] = _NONE) -> Endpoint | None:
         """The next endpoint in the smooth sequence, skipping the ids in `exclude`.
 
@@ -206,7 +216,7 @@ def _load_reader(in_flight: InFlight) -> Callable[[str], int]:
     return in_flight
 
 
-class LeastLoadedPicker:
+class LeastLoadedPicker(_SnapshotPicker):
     """Power of two choices on (in-flight + 1) / weight.
 
     Draws two distinct endpoints at random and takes the one with the lower load per
@@ -230,18 +240,6 @@ class LeastLoadedPicker:
         self._load = _load_reader(in_flight)
         self._rng = rng if rng is not None else random.random
         self._refresh_at = refresh_at
-
-    @property
-    def endpoints(self) -> tuple[Endpoint, ...]:
-        return self._endpoints
-
-    @property
-    def weights(self) -> tuple[float, ...]:
-        return self._weights
-
-    @property
-    def refresh_at(self) -> float | None:
-        return self._refresh_at
 
     def pick(self, exclude: frozenset[str] = _NONE) -> Endpoint | None:
         """The less loaded of two random endpoints whose ids are not in `exclude`."""
