@@ -185,14 +185,17 @@ def select_candidates(
     """Keep the healthy, not ejected endpoints with weight above 0 (in order).
 
     When they are fewer than `panic_threshold_percent` of the endpoints with weight
-    above 0, return all of those instead (panic: spread the load rather than crush
-    the survivors). Weight 0 (drained) is never returned, not even in panic; drained
+    above 0, spread the load over those instead (panic: rather than crush the
+    survivors), leaving out only the endpoints this router saw fail itself (passive
+    ejection is first-hand; the registry's word may be a partition), unless that
+    leaves none. Weight 0 (drained) is never returned, not even in panic; drained
     endpoints do not count toward the share either, so draining cannot cause panic.
     """
     routable = tuple(e for e in endpoints if e.weight > 0)
     healthy = tuple(e for e in routable if e.healthy and e.id not in ejected)
     if len(healthy) * 100 < panic_threshold_percent * len(routable):
-        return Selection(routable, True)
+        answering = tuple(e for e in routable if e.id not in ejected)
+        return Selection(answering or routable, True)
     return Selection(healthy, False)
 
 

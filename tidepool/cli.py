@@ -9,24 +9,49 @@ USAGE = """usage: tidepool COMMAND [ARGS]
 
 commands:
   registry serve   run the registry (embedded store)
+  router serve     run the router: balance gRPC calls over healthy engines
   engine-stub      run a simulated GPU engine that registers itself
   ctl              administer a registry: instances, aliases, tenants, drains
-  up               run registry and a mixed engine fleet on this machine
+  up               run registry, router and a mixed engine fleet on this machine
+  loadtest         open-loop load generator (Poisson arrivals) for engines or the router
 
 Run `tidepool COMMAND --help` for a command's flags.
 """
 
 
-def _registry(argv: Sequence[str]) -> int:
+def _serve_command(component: str, argv: Sequence[str]) -> Sequence[str] | int:
+    """The flags after `COMPONENT serve`, or the exit code of a usage error."""
     if not argv or argv[0] in ("-h", "--help"):
-        sys.stdout.write("usage: tidepool registry serve [FLAGS]   (see --help after serve)\n")
+        sys.stdout.write(f"usage: tidepool {component} serve [FLAGS]   (see --help after serve)\n")
         return 0 if argv else 2
     if argv[0] != "serve":
-        sys.stderr.write(f"tidepool registry: unknown command {argv[0]!r}; try `serve`\n")
+        sys.stderr.write(f"tidepool {component}: unknown command {argv[0]!r}; try `serve`\n")
         return 2
+    return argv[1:]
+
+
+def _registry(argv: Sequence[str]) -> int:
+    flags = _serve_command("registry", argv)
+    if isinstance(flags, int):
+        return flags
     from registry.server import main
 
-    return main(argv[1:])
+    return main(flags)
+
+
+def _router(argv: Sequence[str]) -> int:
+    flags = _serve_command("router", argv)
+    if isinstance(flags, int):
+        return flags
+    from tidepool.router_group import main
+
+    return main(flags)
+
+
+def _loadtest(argv: Sequence[str]) -> int:
+    from loadtest.__main__ import main
+
+    return main(list(argv))
 
 
 def _engine_stub(argv: Sequence[str]) -> int:
@@ -49,6 +74,8 @@ def _up(argv: Sequence[str]) -> int:
 
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "registry": _registry,
+    "router": _router,
+    "loadtest": _loadtest,
     "engine-stub": _engine_stub,
     "ctl": _ctl,
     "up": _up,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -17,6 +17,8 @@ MAX_REQUEST_BYTES = 8192
 READ_TIMEOUT_S = 5.0
 
 ReadyCheck = Callable[[], tuple[bool, str]]
+Route = Callable[[str], tuple[str, bytes, str]]
+"""A further GET path: given the query string, returns (status line, body, content type)."""
 
 
 @dataclass(frozen=True)
@@ -35,11 +37,13 @@ class StatusServer:
         port: int,
         metrics: CollectorRegistry,
         ready: ReadyCheck,
+        routes: Mapping[str, Route] | None = None,
     ) -> None:
         self._host = host
         self._port = port
         self._metrics = metrics
         self._ready = ready
+        self._routes = dict(routes or {})
         self._server: asyncio.Server | None = None
 
     @property
@@ -65,7 +69,7 @@ class StatusServer:
     def _route(self, method: str, path: str) -> _Response:
         if method not in ("GET", "HEAD"):
             return _Response("405 Method Not Allowed", b"only GET is served\n")
-        path = path.split("?", 1)[0]
+        path, _, query = path.partition("?")
         if path == "/metrics":
             return _Response("200 OK", generate_latest(self._metrics), CONTENT_TYPE_LATEST)
         if path == "/healthz":
@@ -76,7 +80,11 @@ class StatusServer:
             return _Response(
                 status, (reason or ("ready" if ready else "not ready")).encode() + b"\n"
             )
-        return _Response("404 Not Found", b"try /metrics, /healthz or /readyz\n")
+        route = self._routes.get(path)
+        if route is not None:
+            return _Response(*route(query))
+        known = ", ".join(["/metrics", "/healthz", "/readyz", *self._routes])
+        return _Response("404 Not Found", f"try {known}\n".encode())
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -240,4 +240,12 @@ def test_panic_iff_the_healthy_share_is_below_the_threshold(
     healthy = [e for e in routable if e.healthy and e.id not in ejected]
     share = Fraction(len(healthy), len(routable)) * 100 if routable else Fraction(100)
     assert panic == (share < Fraction(threshold))
-    assert list(candidates) == (routable if panic else healthy)
+    answering = [e for e in routable if e.id not in ejected] or routable
+    assert list(candidates) == (answering if panic else healthy)
+
+
+def test_panic_leaves_out_what_this_router_saw_fail_unless_nothing_is_left() -> None:
+    pool = _pool((100, False), (100, False), (100, True))
+    assert select_candidates(pool, frozenset({"e-0"}), 50.0) == ((pool[1], pool[2]), True)
+    everyone = frozenset({"e-0", "e-1", "e-2"})
+    assert select_candidates(pool, everyone, 50.0) == (tuple(pool), True)

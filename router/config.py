@@ -1,0 +1,207 @@
+"""Router settings: each a flag, an environment variable (`TIDEPOOL_ROUTER_*`) and a config key.
+
+`TIDEPOOL_REGISTRY` and `TIDEPOOL_TOKEN` are shared with the other processes.
+Every error is a `ConfigError` naming the flag and the rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from registry.sdk.options import (
+    CommandParser,
+    ConfigError,
+    Option,
+    add_options,
+    parse_host_port,
+    resolve,
+)
+from router.balancer import PICKER_KINDS, PickerKind
+from router.outlier import OutlierConfig
+from router.proxy import DEFAULT_UNARY_METHODS
+from router.retry import RetryPolicy
+from router.slow_start import SlowStartConfig
+from router.streams import StreamTimeouts
+from router.table import TableConfig
+
+ENV = "TIDEPOOL_ROUTER_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_PROCESSES = 64
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Everything one router process needs. Durations in seconds."""
+
+    registry: str = "127.0.0.1:7700"
+    token: str | None = None
+    registry_ca: str | None = None
+    service: str = "speech"
+    listen: str = "127.0.0.1:7710"
+    http_listen: str = "127.0.0.1:7711"
+    state_file: str | None = ".tidepool/router/view.json"
+    balancer: PickerKind = "wrr"
+    slow_start_s: float = 10.0
+    max_ejection_percent: float = 50.0
+    panic_threshold_percent: float = 50.0
+    ejection_base_s: float = 2.0
+    ejection_max_s: float = 60.0
+    max_attempts: int = 3
+    retry_budget_percent: float = 20.0
+    idempotent_methods: tuple[str, ...] = DEFAULT_UNARY_METHODS
+    unary_methods: tuple[str, ...] = DEFAULT_UNARY_METHODS
+    default_deadline_s: float = 30.0
+    stream_first_response_s: float = 30.0
+    stream_idle_s: float = 60.0
+    max_message_bytes: int = 4 * 1024 * 1024
+    processes: int = 1
+    log_level: str = "warning"
+
+    def table(self) -> TableConfig:
+        slow = SlowStartConfig(window_s=self.slow_start_s) if self.slow_start_s > 0 else None
+        outlier = OutlierConfig(
+            base_ejection_s=self.ejection_base_s,
+            max_ejection_s=self.ejection_max_s,
+            max_ejection_percent=self.max_ejection_percent,
+            panic_threshold_percent=self.panic_threshold_percent,
+        )
+        return TableConfig(balancer=self.balancer, slow_start=slow, outlier=outlier)
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.max_attempts, self.idempotent_methods)
+
+    def stream_timeouts(self) -> StreamTimeouts:
+        return StreamTimeouts(self.stream_first_response_s, self.stream_idle_s)
+
+    @property
+    def state_path(self) -> Path | None:
+        return Path(self.state_file) if self.state_file else None
+
+
+def _host_port(text: str) -> str:
+    parse_host_port(text)
+    return text
+
+
+def _number(low: float, high: float | None = None, *, above: bool = False) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"expected a number, got {text!r}") from None
+        too_low = value <= low if above else value < low
+        if too_low or (high is not None and value > high) or value != value:
+            bound = f"above {low:g}" if above else f"{low:g} or more"
+            rule = f"within {low:g}..{high:g}" if high is not None else bound
+            raise ValueError(f"must be {rule}, got {text}")
+        return value
+
+    return parse
+
+
+def _whole(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be within {low}..{high}, got {value}")
+        return value
+
+    return parse
+
+
+def _choice(text: str) -> str:
+    if text not in PICKER_KINDS:
+        raise ValueError(f"must be one of {', '.join(PICKER_KINDS)}, got {text!r}")
+    return text
+
+
+def _level(text: str) -> str:
+    if text not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return text
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    for method in methods:
+        if not method.startswith("/") or method.count("/") != 2:
+            raise ValueError(f"expected /package.Service/Method, got {method!r}")
+    return methods
+
+
+def _optional_path(text: str) -> str | None:
+    return text or None
+
+
+def _o(name: str, default: Any, help: str, parse: Any = str, env: str | None = None) -> Option:
+    return Option(name, env or ENV + name.upper(), default, help, parse)
+
+
+OPTIONS: tuple[Option, ...] = (
+    _o("registry", "127.0.0.1:7700", "registry gRPC address", _host_port, "TIDEPOOL_REGISTRY"),
+    _o("token", None, "registry read or admin token", env="TIDEPOOL_TOKEN"),
+    _o("registry_ca", None, "PEM roots for TLS to the registry"),
+    _o("service", "speech", "registry service to watch"),
+    _o("listen", "127.0.0.1:7710", "gRPC address to proxy on", _host_port),
+    _o("http_listen", "127.0.0.1:7711", "HTTP address: /metrics /healthz /readyz /v1/resolve",
+       _host_port),
+    _o("state_file", ".tidepool/router/view.json",
+       "last known good view, read at start and kept current ('' to disable)", _optional_path),
+    _o("balancer", "wrr", "wrr (smooth weighted round robin) or least-loaded", _choice),
+    _o("slow_start_s", 10.0, "ramp a new or recovered instance over this window (0: off)",
+       _number(0)),
+    _o("max_ejection_percent", 50.0, "never eject more of a pool than this, in percent",
+       _number(0, 100)),
+    _o("panic_threshold_percent", 50.0,
+       "below this share of healthy instances, route over the whole pool (0: never)",
+       _number(0, 100)),
+    _o("ejection_base_s", 2.0, "length of a first passive ejection", _number(0, above=True)),
+    _o("ejection_max_s", 60.0, "cap on a passive ejection's length", _number(0, above=True)),
+    _o("max_attempts", 3, "attempts per call, the first included", _whole(1, 10)),
+    _o("retry_budget_percent", 20.0, "retries may add at most this share of load",
+       _number(0, 100)),
+    _o("idempotent_methods", ",".join(DEFAULT_UNARY_METHODS),
+       "methods also retried on UNAVAILABLE from an engine, comma-separated", _methods),
+    _o("unary_methods", ",".join(DEFAULT_UNARY_METHODS),
+       "methods proxied on the unary path (others as streams), comma-separated", _methods),
+    _o("default_deadline_s", 30.0, "deadline of unary calls that carry none",
+       _number(0, above=True)),
+    _o("stream_first_response_s", 30.0,
+       "a stream fails if the engine sends nothing this long after the caller's last message",
+       _number(0, above=True)),
+    _o("stream_idle_s", 60.0, "a stream fails after this long without a message either way",
+       _number(0, above=True)),
+    _o("max_message_bytes", 4 * 1024 * 1024, "largest message either way",
+       _whole(1024, 64 * 1024 * 1024)),
+    _o("processes", 1, "router processes sharing the port (SO_REUSEPORT)",
+       _whole(1, MAX_PROCESSES)),
+    _o("log_level", "warning", "debug, info, warning or error", _level),
+)  # fmt: skip
+
+
+def build_parser(prog: str = "tidepool router serve") -> argparse.ArgumentParser:
+    parser = CommandParser(
+        prog=prog, description="Route gRPC calls to healthy engines by alias or tenant."
+    )
+    add_options(parser, OPTIONS)
+    return parser
+
+
+def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> RouterConfig:
+    """Flags, then environment, then config file, then defaults; raises ConfigError."""
+    values = resolve(OPTIONS, build_parser().parse_args(list(argv)), environ)
+    if values["ejection_max_s"] < values["ejection_base_s"]:
+        raise ConfigError(
+            f"--ejection-max-s: must be at least --ejection-base-s "
+            f"({values['ejection_base_s']:g}), got {values['ejection_max_s']:g}"
+        )
+    int_fields = ("max_attempts", "max_message_bytes", "processes")
+    fields: dict[str, Any] = {k: int(v) if k in int_fields else v for k, v in values.items()}
+    return RouterConfig(**fields)

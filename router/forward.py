@@ -1,0 +1,182 @@
+"""Send one unary call to a picked engine, retrying elsewhere when that is safe.
+
+Shared by the proxy and the in-process client, so both balance, eject and retry
+the same way. Bytes in, bytes out: nothing here decodes a message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+
+from router.channels import ChannelPool
+from router.endpoint import Endpoint
+from router.metadata import Metadata, answer_metadata
+from router.retry import Failure, RetryBudget, RetryPolicy, classify
+from router.table import RoutingTable
+
+_NONE: frozenset[str] = frozenset()
+_MIN_ATTEMPT_S = 0.001
+"""A retry needs at least this much of the caller's deadline left."""
+
+
+class ForwardMetrics(Protocol):
+    def answered(self, alias: str, instance: str, code: str, seconds: float) -> None: ...
+
+    def retried(self, alias: str, reason: str) -> None: ...
+
+    def budget_exhausted(self, alias: str) -> None: ...
+
+    def failed(self, code: str) -> None: ...
+
+
+class _NoMetrics:
+    def answered(self, alias: str, instance: str, code: str, seconds: float) -> None:
+        pass
+
+    def retried(self, alias: str, reason: str) -> None:
+        pass
+
+    def budget_exhausted(self, alias: str) -> None:
+        pass
+
+    def failed(self, code: str) -> None:
+        pass
+
+
+class ForwardError(Exception):
+    """The call failed: the status, details and trailers to give the caller."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        trailing: Metadata = (),
+        instance: str | None = None,
+    ) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.trailing = trailing
+        self.instance = instance
+
+
+@dataclass(frozen=True, slots=True)
+class UnaryAnswer:
+    response: bytes
+    initial: Metadata
+    trailing: Metadata
+    alias: str
+    endpoint: Endpoint
+
+
+class Forwarder:
+    """Pick, call, classify, eject, retry: the request path of the router."""
+
+    def __init__(
+        self,
+        table: RoutingTable,
+        channels: ChannelPool,
+        policy: RetryPolicy | None = None,
+        budget: RetryBudget | None = None,
+        metrics: ForwardMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.table = table
+        self.channels = channels
+        self.policy = policy or RetryPolicy()
+        self.budget = budget or RetryBudget()
+        self.metrics: ForwardMetrics = metrics or _NoMetrics()
+        self._clock = clock
+
+    def pick(self, aliases: tuple[str, ...], exclude: frozenset[str]) -> tuple[str, Endpoint]:
+        picked = self.table.pick(aliases, exclude)
+        if picked is None:
+            names = ", ".join(repr(a) for a in aliases)
+            more = " left to try" if exclude else ""
+            raise ForwardError(
+                grpc.StatusCode.UNAVAILABLE, f"no healthy instance{more} in alias {names}"
+            )
+        return picked
+
+    def after_failure(
+        self,
+        method: str,
+        alias: str,
+        endpoint: Endpoint,
+        failure: Failure,
+        code: grpc.StatusCode,
+        attempts: int,
+        time_left: float,
+    ) -> bool:
+        """Eject if the failure says so; True when the call may be tried again elsewhere."""
+        if self.policy.ejects(failure, code):
+            self.table.report_failure(alias, endpoint.id)
+        if not self.policy.retryable(method, failure, code):
+            return False
+        if attempts >= self.policy.max_attempts or time_left < _MIN_ATTEMPT_S:
+            return False
+        # A connect failure cost no engine anything, so retrying it cannot amplify
+        # an outage: only retries of calls that may have reached an engine are budgeted.
+        if failure is not Failure.CONNECT and not self.budget.try_spend():
+            self.metrics.budget_exhausted(alias)
+            return False
+        self.metrics.retried(alias, failure.value)
+        return True
+
+    async def unary(
+        self,
+        method: str,
+        request: bytes,
+        aliases: tuple[str, ...],
+        metadata: Metadata,
+        timeout: float,  # noqa: ASYNC109 - the caller's deadline, passed on
+    ) -> UnaryAnswer:
+        """Forward one unary call; raises ForwardError with the status to return."""
+        self.budget.deposit()
+        deadline = self._clock() + timeout
+        exclude = _NONE
+        attempts = 0
+        in_flight = self.table.in_flight
+        while True:
+            alias, endpoint = self.pick(aliases, exclude)
+            attempts += 1
+            started = self._clock()
+            call: Any = self.channels.unary(endpoint.address, method)(
+                request, timeout=deadline - started, metadata=metadata
+            )
+            in_flight[endpoint.id] = in_flight.get(endpoint.id, 0) + 1
+            try:
+                response = await call
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+                self.metrics.answered(alias, endpoint.id, code.name, self._clock() - started)
+                answered = bool(error.initial_metadata())
+                failure = classify(code, error.details(), answered)
+                now = self._clock()
+                if self.after_failure(
+                    method, alias, endpoint, failure, code, attempts, deadline - now
+                ):
+                    exclude = exclude | {endpoint.id}
+                    continue
+                raise ForwardError(
+                    code,
+                    error.details() or "",
+                    answer_metadata(error.trailing_metadata()),
+                    endpoint.id,
+                ) from None
+            finally:
+                in_flight[endpoint.id] -= 1
+            self.metrics.answered(alias, endpoint.id, "OK", self._clock() - started)
+            self.table.report_success(alias, endpoint.id)
+            return UnaryAnswer(
+                response,
+                answer_metadata(await call.initial_metadata()),
+                answer_metadata(await call.trailing_metadata()),
+                alias,
+                endpoint,
+            )

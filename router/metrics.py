@@ -1,0 +1,158 @@
+"""The router's Prometheus metrics.
+
+Labelled children are cached per label tuple: `labels()` costs microseconds and
+the request path calls into here twice per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from router.table import PoolStatus
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+
+class RouterMetrics:
+    """Implements the table's events and the forwarder's metrics."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self._requests = Counter(
+            "tidepool_router_requests",
+            "Attempts answered by engines, by alias, instance and gRPC status",
+            ["alias", "instance", "code"],
+            registry=r,
+        )
+        self._latency = Histogram(
+            "tidepool_router_attempt_seconds",
+            "Time from sending an attempt to an engine to its answer",
+            ["alias"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._errors = Counter(
+            "tidepool_router_errors",
+            "Calls the router failed itself (no route, no instance), by code",
+            ["code"],
+            registry=r,
+        )
+        self._retries = Counter(
+            "tidepool_router_retries",
+            "Attempts retried on another instance, by alias and reason",
+            ["alias", "reason"],
+            registry=r,
+        )
+        self._budget = Counter(
+            "tidepool_router_retry_budget_exhausted",
+            "Retries refused because the retry budget was spent",
+            ["alias"],
+            registry=r,
+        )
+        self._ejections = Counter(
+            "tidepool_router_ejections",
+            "Instances ejected: active (registry said unhealthy) or passive (a failure seen)",
+            ["alias", "instance", "kind"],
+            registry=r,
+        )
+        self._panic = Gauge(
+            "tidepool_router_panic", "1 while the pool routes over all instances", ["alias"],
+            registry=r,
+        )  # fmt: skip
+        self._panic_total = Counter(
+            "tidepool_router_panic_entered", "Times a pool entered panic mode", ["alias"],
+            registry=r,
+        )  # fmt: skip
+        self._last_resort = Gauge(
+            "tidepool_router_last_resort",
+            "1 while a pool routes to instances the registry gave up on, as nothing else is left",
+            ["alias"],
+            registry=r,
+        )
+        self._last_resort_total = Counter(
+            "tidepool_router_last_resort_entered", "Times a pool fell back to last resort",
+            ["alias"], registry=r,
+        )  # fmt: skip
+        self._answered: dict[tuple[str, str, str], Counter] = {}
+        self._latency_by_alias: dict[str, Histogram] = {}
+
+    def watch(
+        self,
+        stale_s: Callable[[], float],
+        connected: Callable[[], bool],
+        pools: Callable[[], list[PoolStatus]],
+    ) -> None:
+        """Gauges read when scraped: view staleness, watch state and pool sizes."""
+        r = self.registry
+        Gauge(
+            "tidepool_router_view_stale_seconds",
+            "Seconds since the registry watch was last up (0 while it is)",
+            registry=r,
+        ).set_function(stale_s)
+        Gauge(
+            "tidepool_router_watch_connected", "1 while the registry watch is up", registry=r
+        ).set_function(lambda: float(connected()))
+        r.register(_PoolCollector(pools))
+
+    # ---- the forwarder -----------------------------------------------------
+
+    def answered(self, alias: str, instance: str, code: str, seconds: float) -> None:
+        key = (alias, instance, code)
+        counter = self._answered.get(key)
+        if counter is None:
+            counter = self._answered[key] = self._requests.labels(alias, instance, code)
+        counter.inc()
+        histogram = self._latency_by_alias.get(alias)
+        if histogram is None:
+            histogram = self._latency_by_alias[alias] = self._latency.labels(alias)
+        histogram.observe(seconds)
+
+    def retried(self, alias: str, reason: str) -> None:
+        self._retries.labels(alias, reason).inc()
+
+    def budget_exhausted(self, alias: str) -> None:
+        self._budget.labels(alias).inc()
+
+    def failed(self, code: str) -> None:
+        self._errors.labels(code).inc()
+
+    # ---- the table ---------------------------------------------------------
+
+    def ejected(self, alias: str, instance_id: str, kind: str) -> None:
+        self._ejections.labels(alias, instance_id, kind).inc()
+
+    def panic_changed(self, alias: str, panic: bool) -> None:
+        self._panic.labels(alias).set(float(panic))
+        if panic:
+            self._panic_total.labels(alias).inc()
+
+    def last_resort_changed(self, alias: str, last_resort: bool) -> None:
+        self._last_resort.labels(alias).set(float(last_resort))
+        if last_resort:
+            self._last_resort_total.labels(alias).inc()
+
+
+class _PoolCollector(Collector):
+    """Instances per pool, read from the table when scraped."""
+
+    def __init__(self, pools: Callable[[], list[PoolStatus]]) -> None:
+        self._pools = pools
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "tidepool_router_endpoints",
+            "Instances per pool: all, routable per the registry, and ejected here",
+            labels=["alias", "state"],
+        )
+        for pool in self._pools():
+            family.add_metric([pool.alias, "all"], pool.endpoints)
+            family.add_metric([pool.alias, "routable"], pool.routable)
+            family.add_metric([pool.alias, "ejected"], len(pool.ejected))
+        yield family

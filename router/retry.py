@@ -1,0 +1,135 @@
+"""When a failed attempt may be tried again elsewhere, and how many retries we can afford.
+
+Why a budget: retries multiply load exactly when the fleet can least take it. The
+budget lets retries add at most `ratio` of the request rate (plus a small floor
+per second so a quiet router can still retry), the scheme Finagle and gRPC's
+retry throttling use; when it is spent, the failure goes back to the caller.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from enum import Enum
+
+import grpc
+
+# Transport failures, as grpc core words them: the engine never produced an answer.
+_CONNECT_MARKERS = (
+    "failed to connect",
+    "connection refused",
+    "connections to all backends failing",
+    "no route to host",
+)
+_TRANSPORT_MARKERS = (
+    "socket closed",
+    "connection reset",
+    "broken pipe",
+    "goaway",
+    "endpoint closing",
+    "keepalive watchdog timeout",
+    "transport closed",
+    "recvmsg",
+    "sendmsg",
+)
+
+
+class Failure(Enum):
+    """How far an attempt got before it failed."""
+
+    CONNECT = "connect"
+    """No connection to the engine: the request surely did not reach it."""
+    RESET = "reset"
+    """The connection broke before any answer from the engine."""
+    ANSWERED = "answered"
+    """The engine answered with an error status."""
+
+
+def classify(code: grpc.StatusCode, details: str | None, answered: bool) -> Failure:
+    """Classify a failed attempt; `answered` is whether any response bytes arrived."""
+    if code is not grpc.StatusCode.UNAVAILABLE or answered:
+        return Failure.ANSWERED
+    text = (details or "").lower()
+    if any(marker in text for marker in _CONNECT_MARKERS):
+        return Failure.CONNECT
+    if any(marker in text for marker in _TRANSPORT_MARKERS):
+        return Failure.RESET
+    return Failure.ANSWERED
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Which failures are retried, and how many attempts a call may make."""
+
+    max_attempts: int = 3
+    idempotent_methods: Collection[str] = ("/tidepool.engine.v1.Evaluator/Evaluate",)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be 1 or more, got {self.max_attempts}")
+        object.__setattr__(self, "idempotent_methods", frozenset(self.idempotent_methods))
+
+    def retryable(self, method: str, failure: Failure, code: grpc.StatusCode) -> bool:
+        """Connect failures and resets before an answer are always safe to retry;
+        UNAVAILABLE from the engine itself only for idempotent methods."""
+        if failure is not Failure.ANSWERED:
+            return True
+        return code is grpc.StatusCode.UNAVAILABLE and method in self.idempotent_methods
+
+    def ejects(self, failure: Failure, code: grpc.StatusCode) -> bool:
+        """Passive ejection: a connect failure, a reset, or UNAVAILABLE from the engine."""
+        return failure is not Failure.ANSWERED or code is grpc.StatusCode.UNAVAILABLE
+
+
+class RetryBudget:
+    """A token bucket: each request deposits `ratio` tokens, each retry spends one."""
+
+    def __init__(
+        self,
+        ratio: float = 0.2,
+        min_per_s: float = 10.0,
+        window_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0 <= ratio <= 1:
+            raise ValueError(f"retry budget ratio must be 0..1, got {ratio}")
+        if min_per_s < 0:
+            raise ValueError(f"retry budget min_per_s must be 0 or more, got {min_per_s}")
+        self._ratio = ratio
+        self._min_per_s = min_per_s
+        self._clock = clock
+        self._cap_floor = max(min_per_s * window_s, 1.0)
+        self._window_s = window_s
+        self._tokens = self._cap_floor
+        self._cap = self._cap_floor
+        self._stamp = clock()
+        self._deposits = 0.0
+
+    def deposit(self) -> None:
+        """One request was sent (call once per request, not per attempt)."""
+        self._tokens = min(self._tokens + self._ratio, self._cap)
+        self._deposits += self._ratio
+
+    def try_spend(self) -> bool:
+        """Take one retry from the budget; False when it is spent."""
+        now = self._clock()
+        elapsed = now - self._stamp
+        if elapsed > 0:
+            self._stamp = now
+            # The floor refills with time; the cap follows the recent request rate.
+            self._tokens = min(self._tokens + elapsed * self._min_per_s, self._cap)
+            if elapsed < self._window_s:
+                decay = 1 - elapsed / self._window_s
+                self._deposits *= decay
+            else:
+                self._deposits = 0.0
+            self._cap = max(self._cap_floor, self._deposits)
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+    @property
+    def tokens(self) -> float:
+        return self._tokens

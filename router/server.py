@@ -1,0 +1,236 @@
+"""The router process: watch the registry, proxy gRPC, serve metrics and probes.
+
+Startup order: the view file (if any) first, so a router restarted during a
+registry outage routes at once; then the gRPC and HTTP ports; then the watch.
+The ready line is printed once there is a view to route on. SIGTERM or SIGINT
+stops taking new calls, lets calls in flight finish (up to a grace), writes the
+view file and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+from urllib.parse import parse_qs
+
+import grpc
+import uvloop
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from registry.sdk import ConfigError, ShutdownSignals, StatusServer
+from registry.sdk.options import parse_host_port
+from router.config import RouterConfig, parse_config
+from router.core import RouterCore, build_core
+from router.metrics import RouterMetrics
+from router.proxy import ProxyHandler
+from router.streams import StreamForwarder
+from router.table import RouteError, RoutingTable
+from router.watcher import RegistryWatcher
+
+log = logging.getLogger(__name__)
+COMPONENT = "router"
+READY_PREFIX = f"tidepool {COMPONENT} ready"
+STOP_GRACE_S = 10.0
+"""On SIGTERM: how long calls in flight get to finish before they are cancelled."""
+WAITING_NOTICE_S = 5.0
+
+
+class ListenError(OSError):
+    """A listen address could not be bound."""
+
+
+@dataclass
+class Router:
+    """The assembled router process: the shared core plus its gRPC server."""
+
+    core: RouterCore
+    server: Any
+    port: int
+    health: Any
+
+    @property
+    def table(self) -> RoutingTable:
+        return self.core.table
+
+    @property
+    def watcher(self) -> RegistryWatcher:
+        return self.core.watcher
+
+    def resolve_http(self, query: str) -> tuple[str, bytes, str]:
+        """GET /v1/resolve?alias=… (or tenant=…&lang=…): one picked instance as JSON."""
+        params = {k: v[-1] for k, v in parse_qs(query).items()}
+        codes = {
+            grpc.StatusCode.INVALID_ARGUMENT: "400 Bad Request",
+            grpc.StatusCode.NOT_FOUND: "404 Not Found",
+        }
+        try:
+            aliases = self.table.route(
+                params.get("alias"), params.get("tenant"), params.get("lang")
+            )
+            picked = self.table.pick(aliases)
+        except RouteError as error:
+            status = codes.get(error.code, "503 Service Unavailable")
+            return _json(status, {"error": error.message, "code": error.code.name})
+        if picked is None:
+            message = f"no healthy instance in alias {', '.join(map(repr, aliases))}"
+            return _json("503 Service Unavailable", {"error": message, "code": "UNAVAILABLE"})
+        alias, endpoint = picked
+        return _json(
+            "200 OK",
+            {
+                "alias": alias,
+                "instance": {
+                    "id": endpoint.id,
+                    "address": endpoint.address,
+                    "weight": endpoint.weight,
+                    "labels": dict(endpoint.labels),
+                },
+            },
+        )
+
+
+def _json(status: str, body: object) -> tuple[str, bytes, str]:
+    return status, json.dumps(body).encode() + b"\n", "application/json"
+
+
+def build_router(config: RouterConfig, *, metrics: RouterMetrics | None = None) -> Router:
+    """Assemble the router and bind its gRPC port (inside the event loop; not started)."""
+    core = build_core(config, metrics)
+    limit = config.max_message_bytes
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.so_reuseport", 1),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ]
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server.add_generic_rpc_handlers(
+        (
+            ProxyHandler(
+                core.forwarder,
+                StreamForwarder(core.forwarder, config.stream_timeouts()),
+                default_deadline_s=config.default_deadline_s,
+                unary_methods=config.unary_methods,
+            ),
+        )
+    )
+    try:
+        port = server.add_insecure_port(config.listen)
+    except RuntimeError as exc:
+        raise ListenError(f"--listen: cannot listen on {config.listen}: {exc}") from None
+    if not port:
+        raise ListenError(f"--listen: cannot listen on {config.listen}")
+    return Router(core, server, port, health_servicer)
+
+
+async def run(config: RouterConfig, *, out: TextIO | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; the exit code."""
+    out = out or sys.stdout
+    with ShutdownSignals() as signals:
+        router = build_router(config)
+        router.watcher.load_file()
+        await router.server.start()
+        http_host, http_port = parse_host_port(config.http_listen)
+        status = StatusServer(
+            http_host,
+            http_port,
+            router.core.metrics.registry,
+            router.watcher.ready,
+            routes={"/v1/resolve": router.resolve_http},
+        )
+        watch = asyncio.create_task(router.watcher.run())
+        try:
+            try:
+                await status.start()
+            except OSError as exc:
+                raise ListenError(
+                    f"--http-listen: cannot listen on {config.http_listen}: {exc.strerror}"
+                ) from None
+            if not await _wait_for_view(router, signals):
+                return 0
+            await _set_health(router.health, True)
+            grpc_at = _host_port(parse_host_port(config.listen)[0], router.port)
+            http_at = _host_port(http_host, status.port)
+            out.write(f"{READY_PREFIX} grpc={grpc_at} http={http_at} pid={os.getpid()}\n")
+            out.flush()
+            await signals.wait()
+            log.info("stopping: no new calls; %.0f s for calls in flight", STOP_GRACE_S)
+            await _set_health(router.health, False)
+            await router.server.stop(STOP_GRACE_S)
+            return 0
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+            await status.stop()
+            await router.server.stop(0)
+            await router.core.close()
+
+
+async def _wait_for_view(router: Router, signals: ShutdownSignals) -> bool:
+    """Wait until there is a view to route on; False if told to stop first."""
+    stop = asyncio.ensure_future(signals.wait())
+    viewed = asyncio.ensure_future(router.core.view_ready.wait())
+    try:
+        while True:
+            done, _ = await asyncio.wait(
+                {stop, viewed}, timeout=WAITING_NOTICE_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            if stop in done:
+                return False
+            if viewed in done:
+                return True
+            log.warning("no routing view yet: %s", router.watcher.problem)
+    finally:
+        stop.cancel()
+        viewed.cancel()
+
+
+async def _set_health(health_servicer: Any, serving: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    await health_servicer.set("", status)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Entry point of `tidepool router serve` (one process); returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        config = parse_config(args, os.environ if environ is None else environ)
+    except ConfigError as exc:
+        return _error(str(exc), 2)
+    except SystemExit as exc:  # --help, or a flag argparse rejected (already reported)
+        return exc.code if isinstance(exc.code, int) else 0
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return uvloop.run(run(config))
+    except (ConfigError, OSError) as exc:
+        return _error(str(exc), 1)
+
+
+def _error(message: str, code: int) -> int:
+    sys.stderr.write(f"tidepool {COMPONENT}: {message}\n")
+    sys.stderr.flush()
+    return code

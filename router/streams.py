@@ -1,0 +1,194 @@
+"""Forward a streaming call of any shape: client-, server- or bidirectional streaming.
+
+Every gRPC shape is the same on the wire (a stream of length-prefixed messages
+each way), so the proxy treats all non-unary methods as bidirectional streams
+and pumps bytes both ways without decoding them.
+
+Why the watchdog: streams have no total deadline by default (a recording may be
+long), so a hung engine is caught by two timers instead: no first response
+within `first_response_s` of the caller's last message, or no message either
+way for `idle_s` after that. A call is retried on another engine only while it
+is safe: the engine never answered, and we hold every message it was sent (at
+most the first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from router.forward import Forwarder, ForwardError
+from router.metadata import Metadata, answer_metadata
+from router.retry import classify
+
+_NONE: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class StreamTimeouts:
+    first_response_s: float = 30.0
+    """Longest wait for the engine's first message after the caller's last one."""
+    idle_s: float = 60.0
+    """Longest silence in both directions once the engine has answered."""
+
+
+class _Exchange:
+    """The state of one proxied stream across its attempts."""
+
+    def __init__(self, context: Any) -> None:
+        self.context = context
+        self.call: Any = None
+        self.sent = 0
+        self.first: bytes | None = None
+        self.half_closed = False
+        self.responses = 0
+        self.last_activity = time.monotonic()
+        self.attached = asyncio.Event()
+        """Set when `call` is ready for the pump to write to."""
+
+
+class StreamForwarder:
+    """Pumps one server-side stream to a picked engine and back."""
+
+    def __init__(self, forwarder: Forwarder, timeouts: StreamTimeouts) -> None:
+        self._forwarder = forwarder
+        self._timeouts = timeouts
+
+    async def forward(
+        self,
+        method: str,
+        context: Any,
+        aliases: tuple[str, ...],
+        metadata: Metadata,
+        timeout: float | None,  # noqa: ASYNC109 - the caller's deadline, passed on
+    ) -> None:
+        """Run the exchange; raises ForwardError with the status for the caller."""
+        fwd = self._forwarder
+        fwd.budget.deposit()
+        exchange = _Exchange(context)
+        pump = asyncio.create_task(self._pump_up(exchange))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        exclude = _NONE
+        attempts = 0
+        try:
+            while True:
+                alias, endpoint = fwd.pick(aliases, exclude)
+                attempts += 1
+                left = None if deadline is None else deadline - time.monotonic()
+                call = fwd.channels.stream(endpoint.address, method)(
+                    timeout=left, metadata=metadata
+                )
+                exchange.call = call
+                fwd.table.in_flight[endpoint.id] = fwd.table.in_flight.get(endpoint.id, 0) + 1
+                started = time.monotonic()
+                try:
+                    if exchange.first is not None:
+                        await call.write(exchange.first)
+                    if exchange.half_closed:
+                        await call.done_writing()
+                    exchange.attached.set()
+                    code = await self._pump_down(exchange, endpoint.id)
+                finally:
+                    exchange.attached.clear()
+                    fwd.table.in_flight[endpoint.id] -= 1
+                fwd.metrics.answered(alias, endpoint.id, code.name, time.monotonic() - started)
+                if code is grpc.StatusCode.OK:
+                    fwd.table.report_success(alias, endpoint.id)
+                    context.set_trailing_metadata(answer_metadata(await call.trailing_metadata()))
+                    return
+                details = await call.details()
+                failure = classify(code, details, exchange.responses > 0)
+                safe = exchange.responses == 0 and exchange.sent <= 1
+                left = float("inf") if deadline is None else deadline - time.monotonic()
+                if safe and fwd.after_failure(
+                    method, alias, endpoint, failure, code, attempts, left
+                ):
+                    exclude = exclude | {endpoint.id}
+                    continue
+                if not safe and fwd.policy.ejects(failure, code):
+                    fwd.table.report_failure(alias, endpoint.id)
+                trailing = answer_metadata(await call.trailing_metadata())
+                raise ForwardError(code, details or "", trailing, endpoint.id)
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+            if exchange.call is not None:
+                exchange.call.cancel()
+
+    async def _pump_up(self, exchange: _Exchange) -> None:
+        """Caller → engine. Keeps the first message so an early retry can resend it."""
+        context = exchange.context
+        while True:
+            message = await context.read()
+            exchange.last_activity = time.monotonic()
+            await exchange.attached.wait()
+            call = exchange.call
+            try:
+                if message is grpc.aio.EOF:
+                    exchange.half_closed = True
+                    await call.done_writing()
+                    return
+                if exchange.sent == 0:
+                    exchange.first = message
+                exchange.sent += 1
+                await call.write(message)
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+                # The attempt ended. Its status decides: a retry resends the first
+                # message and the half-close itself, and we carry on with the next call.
+                if exchange.sent > 1:
+                    return
+                while exchange.call is call:
+                    exchange.attached.clear()
+                    await exchange.attached.wait()
+                if exchange.half_closed:
+                    return
+
+    async def _pump_down(self, exchange: _Exchange, instance: str) -> grpc.StatusCode:
+        """Engine → caller, under the first-response and idle timers; the final status."""
+        call = exchange.call
+        reader = asyncio.ensure_future(self._relay(exchange))
+        try:
+            while True:
+                limit = (
+                    self._timeouts.idle_s if exchange.responses else self._timeouts.first_response_s
+                )
+                wait_s = exchange.last_activity + limit - time.monotonic()
+                done, _ = await asyncio.wait({reader}, timeout=max(wait_s, 0))
+                if done:
+                    reader.result()
+                    code: grpc.StatusCode = await call.code()
+                    return code
+                if time.monotonic() - exchange.last_activity >= limit:
+                    what = "idle for" if exchange.responses else "sent no response within"
+                    call.cancel()
+                    raise ForwardError(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"engine {instance} {what} {limit:g} s",
+                        instance=instance,
+                    )
+        finally:
+            if not reader.done():
+                reader.cancel()
+
+    async def _relay(self, exchange: _Exchange) -> None:
+        call, context = exchange.call, exchange.context
+        try:
+            while True:
+                message = await call.read()
+                if message is grpc.aio.EOF:
+                    return
+                if exchange.responses == 0:
+                    initial = answer_metadata(await call.initial_metadata())
+                    if initial:
+                        await context.send_initial_metadata(initial)
+                exchange.responses += 1
+                exchange.last_activity = time.monotonic()
+                await context.write(message)
+        except grpc.aio.AioRpcError:
+            return  # the status is read from the call

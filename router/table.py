@@ -1,0 +1,326 @@
+"""The routing table: routing keys to pools, and one pool's balancer, ejections and panic.
+
+It is rebuilt from a `RegistryView` on every watch event and asked for one endpoint
+per request attempt. Pure apart from reading the monotonic clock: no I/O, no
+`await`, one event loop. Each pool's picker is replaced, never mutated by the
+table, so a rebuild cannot tear a pick in progress.
+
+Why so much bookkeeping here: three sources change what a pool may route to at
+different speeds (the registry's health, this router's passive ejections, slow
+start), and the last-resort rule needs the previous view to decide whether an
+event may empty a pool.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import grpc
+
+from router.balancer import Picker, PickerKind, make_picker
+from router.endpoint import Endpoint
+from router.outlier import (
+    Departure,
+    OutlierConfig,
+    OutlierDetector,
+    last_resort,
+    select_candidates,
+)
+from router.slow_start import SlowStartConfig
+from router.view import READY, RegistryView
+
+ALIAS_KEY = "x-tidepool-alias"
+TENANT_KEY = "x-tidepool-tenant"
+LANG_KEY = "x-tidepool-lang"
+_NONE: frozenset[str] = frozenset()
+_SHOWN_CHARS = 64
+
+
+class RouteError(Exception):
+    """A request cannot be routed: the status code to answer and why."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class TableEvents(Protocol):
+    """What the table reports as it happens (metrics implement this)."""
+
+    def ejected(self, alias: str, instance_id: str, kind: str) -> None: ...
+
+    def panic_changed(self, alias: str, panic: bool) -> None: ...
+
+    def last_resort_changed(self, alias: str, last_resort: bool) -> None: ...
+
+
+class _NoEvents:
+    def ejected(self, alias: str, instance_id: str, kind: str) -> None:
+        pass
+
+    def panic_changed(self, alias: str, panic: bool) -> None:
+        pass
+
+    def last_resort_changed(self, alias: str, last_resort: bool) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    balancer: PickerKind = "wrr"
+    slow_start: SlowStartConfig | None = field(default_factory=SlowStartConfig)
+    outlier: OutlierConfig = field(default_factory=OutlierConfig)
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    """One pool as metrics, /readyz and tests see it."""
+
+    alias: str
+    endpoints: int
+    routable: int
+    ejected: frozenset[str]
+    panic: bool
+    last_resort: bool
+
+
+class _Pool:
+    """One alias's endpoints (after last resort), detector and current picker."""
+
+    __slots__ = (
+        "alias",
+        "detector",
+        "endpoints",
+        "healthy",
+        "last_resort",
+        "panic",
+        "picker",
+        "refresh_at",
+        "rejoined",
+        "was_ejected",
+    )
+
+    def __init__(self, alias: str, outlier: OutlierConfig) -> None:
+        self.alias = alias
+        self.endpoints: tuple[Endpoint, ...] = ()
+        self.last_resort = False
+        self.detector = OutlierDetector(outlier)
+        self.picker: Picker | None = None
+        self.panic = False
+        self.healthy = 0
+        self.refresh_at = -math.inf
+        self.rejoined: dict[str, float] = {}
+        self.was_ejected: frozenset[str] = _NONE
+
+
+class RoutingTable:
+    """Routing keys to aliases, and aliases to a balanced, ejection-aware choice."""
+
+    def __init__(
+        self,
+        config: TableConfig | None = None,
+        *,
+        events: TableEvents | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config or TableConfig()
+        self._events: TableEvents = events or _NoEvents()
+        self._clock = clock
+        self._pools: dict[str, _Pool] = {}
+        self._single: dict[str, tuple[str, ...]] = {}
+        self._tenants: Mapping[tuple[str, str], tuple[str, ...]] = {}
+        self._joined: dict[str, float] = {}
+        self._has_view = False
+        self.in_flight: dict[str, int] = {}
+        """Requests in flight per instance id, kept by the forwarder (least-loaded reads it)."""
+
+    @property
+    def has_view(self) -> bool:
+        return self._has_view
+
+    # ---- building ----------------------------------------------------------
+
+    def update(self, view: RegistryView, departures: Mapping[str, Departure] | None = None) -> None:
+        """Rebuild every pool from `view`; `departures` says why instances left."""
+        now = self._clock()
+        initial = not self._has_view
+        joined: dict[str, float] = {}
+        for info in view.instances.values():
+            if info.state == READY and info.weight > 0:
+                # A warm fleet known at start (or from the file) is not ramped.
+                joined[info.id] = self._joined.get(info.id, -math.inf if initial else now)
+        self._joined = joined
+        pools: dict[str, _Pool] = {}
+        for alias in view.aliases:
+            pool = self._pools.get(alias) or _Pool(alias, self._config.outlier)
+            self._refill(pool, view, departures or {}, now)
+            pools[alias] = pool
+        for gone in self._pools.keys() - pools.keys():
+            self._events.panic_changed(gone, False)
+            self._events.last_resort_changed(gone, False)
+        self._pools = pools
+        self._single = {alias: (alias,) for alias in pools}
+        self._tenants = dict(view.tenants)
+        self._has_view = True
+
+    def _refill(
+        self, pool: _Pool, view: RegistryView, departures: Mapping[str, Departure], now: float
+    ) -> None:
+        current = [i.endpoint(self._joined.get(i.id, -math.inf)) for i in view.members(pool.alias)]
+        present = {e.id for e in current}
+        gone = Departure.EXPIRED
+        reasons = {
+            e.id: Departure.MOVED if e.id in view.instances else departures.get(e.id, gone)
+            for e in pool.endpoints
+            if e.id not in present
+        }
+        healthy_before = {e.id for e in pool.endpoints if e.routable and not pool.last_resort}
+        result = last_resort(pool.endpoints, current, reasons)
+        for endpoint in current:
+            if endpoint.id in healthy_before and not endpoint.healthy and endpoint.weight > 0:
+                self._events.ejected(pool.alias, endpoint.id, "active")
+        for endpoint_id, reason in reasons.items():
+            if endpoint_id in healthy_before and reason is Departure.EXPIRED:
+                self._events.ejected(pool.alias, endpoint_id, "active")
+        if result.last_resort != pool.last_resort:
+            self._events.last_resort_changed(pool.alias, result.last_resort)
+        pool.endpoints = result.endpoints
+        pool.last_resort = result.last_resort
+        pool.detector.set_pool(e.id for e in pool.endpoints)
+        self._build(pool, now)
+
+    def _build(self, pool: _Pool, now: float) -> None:
+        ejected = pool.detector.ejected(now)
+        for endpoint_id in pool.was_ejected - ejected:
+            pool.rejoined[endpoint_id] = now  # back from ejection: ramp it again
+        pool.was_ejected = ejected
+        endpoints = pool.endpoints
+        if pool.rejoined:
+            endpoints = tuple(
+                replace(e, joined_at=max(e.joined_at, pool.rejoined[e.id]))
+                if e.id in pool.rejoined
+                else e
+                for e in endpoints
+            )
+        chosen = select_candidates(endpoints, ejected, self._config.outlier.panic_threshold_percent)
+        pool.picker = make_picker(
+            self._config.balancer,
+            chosen.candidates,
+            now=now,
+            slow_start=self._config.slow_start,
+            previous=pool.picker,
+            in_flight=self.in_flight,
+        )
+        if chosen.panic != pool.panic:
+            self._events.panic_changed(pool.alias, chosen.panic)
+        pool.panic = chosen.panic
+        pool.healthy = 0 if chosen.panic else len(chosen.candidates)
+        wake = [t for t in (pool.picker.refresh_at, pool.detector.next_readmission_at(now)) if t]
+        pool.refresh_at = min(wake) if wake else math.inf
+        if pool.picker.refresh_at is None:
+            pool.rejoined.clear()  # every ramp is over
+
+    # ---- per request -------------------------------------------------------
+
+    def route(self, alias: str | None, tenant: str | None, lang: str | None) -> tuple[str, ...]:
+        """The aliases to try, in order, for a request's routing key."""
+        if not self._has_view:
+            raise RouteError(
+                grpc.StatusCode.UNAVAILABLE, "no routing view yet: the registry was not reached"
+            )
+        if alias:
+            found = self._single.get(alias)
+            if found is None:
+                raise RouteError(
+                    grpc.StatusCode.NOT_FOUND, f"{ALIAS_KEY}: unknown alias {_shown(alias)}"
+                )
+            return found
+        if tenant:
+            if not lang:
+                raise RouteError(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"{LANG_KEY}: required with {TENANT_KEY}"
+                )
+            aliases = self._tenants.get((tenant, lang))
+            if aliases is None:
+                raise RouteError(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"{TENANT_KEY}: no route for tenant {_shown(tenant)} and lang {_shown(lang)}",
+                )
+            return aliases
+        raise RouteError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"missing routing key: set {ALIAS_KEY}, or {TENANT_KEY} and {LANG_KEY}",
+        )
+
+    def pick(
+        self, aliases: tuple[str, ...], exclude: frozenset[str] = _NONE
+    ) -> tuple[str, Endpoint] | None:
+        """One endpoint from the first alias that has a healthy one (the last alias
+        is used whatever its health: panic or last resort)."""
+        now = self._clock()
+        last = len(aliases) - 1
+        for index, alias in enumerate(aliases):
+            pool = self._pools.get(alias)
+            if pool is None:
+                continue
+            if now >= pool.refresh_at:
+                self._build(pool, now)
+            if pool.healthy == 0 and index < last:
+                continue
+            assert pool.picker is not None
+            endpoint = pool.picker.pick(exclude)
+            if endpoint is not None:
+                return alias, endpoint
+        return None
+
+    def report_failure(self, alias: str, endpoint_id: str) -> bool:
+        """A connect failure or UNAVAILABLE: eject locally at once (True if it did)."""
+        pool = self._pools.get(alias)
+        if pool is None:
+            return False
+        now = self._clock()
+        if not pool.detector.report_failure(endpoint_id, now):
+            return False
+        self._events.ejected(alias, endpoint_id, "passive")
+        self._build(pool, now)
+        return True
+
+    def report_success(self, alias: str, endpoint_id: str) -> None:
+        """A good answer: past ejections of the endpoint decay."""
+        pool = self._pools.get(alias)
+        if pool is not None and pool.detector.ejections(endpoint_id):
+            pool.detector.report_success(endpoint_id, self._clock())
+
+    # ---- inspection --------------------------------------------------------
+
+    def pools(self) -> list[PoolStatus]:
+        now = self._clock()
+        return [
+            PoolStatus(
+                alias=p.alias,
+                endpoints=len(p.endpoints),
+                routable=sum(1 for e in p.endpoints if e.routable),
+                ejected=p.detector.ejected(now),
+                panic=p.panic,
+                last_resort=p.last_resort,
+            )
+            for _, p in sorted(self._pools.items())
+        ]
+
+    def endpoints(self, alias: str) -> tuple[Endpoint, ...]:
+        """The pool's endpoints after last resort (empty for an unknown alias)."""
+        pool = self._pools.get(alias)
+        return pool.endpoints if pool is not None else ()
+
+    def addresses(self) -> set[str]:
+        """Every address some pool may route to (the channels worth keeping open)."""
+        return {e.address for p in self._pools.values() for e in p.endpoints}
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "…")

@@ -1,0 +1,198 @@
+"""One watch stream on the registry, folded into the routing table, with last-known-good.
+
+Why it never clears the table on its own: an unreachable registry says nothing
+about the engines, so the router keeps routing on the last view (and the file
+keeps that view across a restart) while it reconnects with jittered backoff.
+Each reconnect starts with a snapshot, which replaces the view wholesale, so a
+restarted registry whose revisions began again at 1 is handled like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from registry.sdk.backoff import Backoff
+from registry.sdk.channel import auth_metadata, open_channel
+from router.lkg import encode_view, load_view, save_view
+from router.outlier import Departure
+from router.table import RoutingTable
+from router.view import RegistryView
+from tidepool.registry.v1 import registry_pb2 as pb
+from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+SAVE_INTERVAL_S = 1.0
+"""At most one write of the view file per this many seconds."""
+_REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+class RegistryWatcher:
+    """Keeps `table` in step with the registry, or on the last known good view."""
+
+    def __init__(
+        self,
+        registry: str,
+        table: RoutingTable,
+        *,
+        token: str | None = None,
+        service: str = "speech",
+        state_file: Path | None = None,
+        root_certificates: bytes | None = None,
+        on_change: Callable[[], None] | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._registry = registry
+        self._table = table
+        self._metadata = auth_metadata(token)
+        self._service = service
+        self._state_file = state_file
+        self._root_certificates = root_certificates
+        self._on_change = on_change or (lambda: None)
+        self._backoff = backoff or Backoff(0.1, 5.0)
+        self.view = RegistryView()
+        self.connected = False
+        self.problem = "not connected yet"
+        self.view_source = "none"
+        """"none", "file" or "registry": where the current view came from."""
+        self._synced_at: float | None = None
+        self._lost_at = time.monotonic()
+        self._departures: dict[str, Departure] = {}
+        self._rebuild_pending = False
+        self._save_task: asyncio.Task[None] | None = None
+        self.events = 0
+
+    # ---- state for metrics and /readyz ------------------------------------
+
+    def stale_s(self) -> float:
+        """0 while the stream is up; otherwise seconds since it went down."""
+        if self.connected:
+            return 0.0
+        return time.monotonic() - self._lost_at
+
+    def ready(self) -> tuple[bool, str]:
+        if not self._table.has_view:
+            return False, f"no view yet: {self.problem}"
+        if self.connected:
+            return True, "ready: watching the registry"
+        return True, (
+            f"ready on the last known good view from {self.view_source}, "
+            f"{self.stale_s():.0f} s stale: {self.problem}"
+        )
+
+    # ---- running -----------------------------------------------------------
+
+    def load_file(self) -> bool:
+        """Start from the view file, if there is one; True if it was used."""
+        if self._state_file is None:
+            return False
+        loaded = load_view(self._state_file)
+        if loaded is None:
+            return False
+        self.view, saved_at = loaded
+        self.view_source = "file"
+        self._table.update(self.view)
+        self._on_change()
+        log.info(
+            "routing on the view saved at %s (%d instances)",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(saved_at)),
+            len(self.view.instances),
+        )
+        return True
+
+    async def run(self) -> None:
+        """Watch until cancelled, reconnecting with backoff."""
+        channel = open_channel(self._registry, root_certificates=self._root_certificates)
+        try:
+            stub = pb_grpc.RegistryStub(channel)
+            while True:
+                await self._watch_once(stub)
+                await asyncio.sleep(self._backoff.next_delay())
+        finally:
+            self.connected = False
+            await self._flush()
+            await channel.close()
+
+    async def _watch_once(self, stub: Any) -> None:
+        call = stub.Watch(pb.WatchRequest(service=self._service), metadata=self._metadata)
+        try:
+            async for event in call:
+                if not self.connected:
+                    self.connected = True
+                    self.problem = ""
+                    self._backoff.reset()
+                    log.info("watching the registry at %s", self._registry)
+                self._apply(event)
+        except grpc.aio.AioRpcError as error:
+            self._lost(error)
+        finally:
+            call.cancel()
+        if self.connected:
+            self._lost(None)
+
+    def _lost(self, error: grpc.aio.AioRpcError | None) -> None:
+        if error is None:
+            reason = "the registry ended the watch"
+        else:
+            reason = f"{error.code().name}: {error.details()}"
+            if error.code() in _REFUSED:
+                reason = f"the registry refused the token ({reason})"
+        if self.connected or reason != self.problem:
+            log.warning("registry watch lost (%s); routing on the last view", reason)
+        if self.connected:
+            self._lost_at = time.monotonic()
+        self.connected = False
+        self.problem = reason
+
+    def _apply(self, event: pb.WatchEvent) -> None:
+        self.events += 1
+        self._departures.update(self.view.apply(event))
+        if event.kind == pb.WatchEvent.KIND_SNAPSHOT:
+            self.view_source = "registry"
+            self._synced_at = time.monotonic()
+        if not self._rebuild_pending:
+            # Fold a burst of events into one rebuild.
+            self._rebuild_pending = True
+            asyncio.get_running_loop().call_soon(self._rebuild)
+
+    def _rebuild(self) -> None:
+        self._rebuild_pending = False
+        departures, self._departures = self._departures, {}
+        self._table.update(self.view, departures)
+        self._on_change()
+        self._schedule_save()
+
+    # ---- the view file -----------------------------------------------------
+
+    def _schedule_save(self) -> None:
+        if self._state_file is None or (self._save_task and not self._save_task.done()):
+            return
+        self._save_task = asyncio.get_running_loop().create_task(self._save_soon())
+
+    async def _save_soon(self) -> None:
+        await asyncio.sleep(SAVE_INTERVAL_S)
+        await self._save()
+
+    async def _save(self) -> None:
+        if self._state_file is None or not self._table.has_view:
+            return
+        data = encode_view(self.view)
+        try:
+            await asyncio.to_thread(save_view, self._state_file, data)
+        except OSError as exc:
+            log.warning("cannot write the view file %s: %s", self._state_file, exc)
+
+    async def _flush(self) -> None:
+        """Write a pending save now (on shutdown)."""
+        if self._save_task is not None and not self._save_task.done():
+            self._save_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._save_task
+            await self._save()

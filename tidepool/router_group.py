@@ -1,0 +1,85 @@
+"""`tidepool router serve`: one router process, or several sharing one port.
+
+Why several: a Python process uses one core, and a sidecar may be given more.
+With `--processes N` this process starts N single routers on the same gRPC port
+(SO_REUSEPORT lets the kernel spread connections over them), each with its own
+registry watch; worker i serves HTTP on the given port + i. It prints one ready
+line when all are ready and stops them all on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+
+import uvloop
+
+from registry.sdk.options import ConfigError, parse_host_port
+from router.config import parse_config
+from router.server import READY_PREFIX
+from router.server import main as serve_one
+from tidepool.supervise import Child, ChildError, start_child
+
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+
+
+def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
+    env = os.environ if environ is None else environ
+    try:
+        config = parse_config(argv, env)
+    except ConfigError as exc:
+        sys.stderr.write(f"tidepool router: {exc}\n")
+        return 2
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0
+    if config.processes == 1:
+        return serve_one(argv, env)
+    _, port = parse_host_port(config.listen)
+    if port == 0:
+        sys.stderr.write("tidepool router: --processes above 1 needs a fixed --listen port\n")
+        return 2
+    try:
+        return uvloop.run(_run_group(list(argv), config.processes, config.http_listen))
+    except ChildError as exc:
+        sys.stderr.write(f"tidepool router: {exc}\n")
+        return 1
+
+
+def _worker_argv(argv: list[str], index: int, http_listen: str) -> list[str]:
+    host, port = parse_host_port(http_listen)
+    http = f"{host}:{port + index if port else 0}"
+    return ["router", "serve", *argv, "--processes", "1", "--http-listen", http]
+
+
+async def _run_group(argv: list[str], processes: int, http_listen: str) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    starts = [
+        start_child(f"router-{i}", _worker_argv(argv, i, http_listen), READY_TIMEOUT_S)
+        for i in range(processes)
+    ]
+    results = await asyncio.gather(*starts, return_exceptions=True)
+    workers = [r for r in results if isinstance(r, Child)]
+    try:
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise ChildError(str(failures[0]))
+        grpc_at = workers[0].fields.get("grpc", "?")
+        https = ",".join(w.fields.get("http", "?") for w in workers)
+        pids = ",".join(w.fields.get("pid", "?") for w in workers)
+        sys.stdout.write(f"{READY_PREFIX} grpc={grpc_at} http={https} pid={pids}\n")
+        sys.stdout.flush()
+        exits = [asyncio.ensure_future(w.process.wait()) for w in workers]
+        waiter = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({waiter, *exits}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (waiter, *exits):
+            task.cancel()
+        return 0 if stop.is_set() else 1
+    finally:
+        await asyncio.gather(*(w.stop(STOP_TIMEOUT_S) for w in workers))
