@@ -2,8 +2,9 @@
 
 It starts the registry, creates the public aliases (`zh-public`, `en-public`)
 if they are missing, then a mixed fleet of engine stubs across languages, tiers
-and weights, and prints where everything listens. Ctrl-C (or SIGTERM) drains and
-stops the engines first, then the registry.
+and weights, then the router, and prints where everything listens and how to
+send traffic. Ctrl-C (or SIGTERM) stops the router first (no new traffic), then
+drains and stops the engines, then the registry.
 """
 
 from __future__ import annotations
@@ -112,6 +113,22 @@ OPTIONS = (
         parse_positive_float,
         "S",
     ),
+    Option(
+        "router_listen",
+        ENV + "ROUTER_LISTEN",
+        "127.0.0.1:7710",
+        "router gRPC address (send traffic here)",
+        _address,
+        "HOST:PORT",
+    ),
+    Option(
+        "router_http_listen",
+        ENV + "ROUTER_HTTP_LISTEN",
+        "127.0.0.1:7711",
+        "router /metrics, health and /v1/resolve address",
+        _address,
+        "HOST:PORT",
+    ),
     Option("engine_token", ENV + "ENGINE_TOKEN", None, "engine token (registry and engines)"),
     Option("admin_token", ENV + "ADMIN_TOKEN", None, "admin token (registry)"),
 )
@@ -152,6 +169,24 @@ def _engine_args(spec: EngineSpec, registry: str, settings: Mapping[str, object]
     ]
     if settings["engine_token"]:
         args += ["--token", str(settings["engine_token"])]
+    return args
+
+
+def _router_args(registry: str, settings: Mapping[str, object]) -> list[str]:
+    args = [
+        "router",
+        "serve",
+        "--registry",
+        registry,
+        "--listen",
+        str(settings["router_listen"]),
+        "--http-listen",
+        str(settings["router_http_listen"]),
+        "--state-file",
+        os.path.join(str(settings["data_dir"]), "router-view.json"),
+    ]
+    if settings["admin_token"]:
+        args += ["--token", str(settings["admin_token"])]
     return args
 
 
@@ -208,27 +243,39 @@ async def run(settings: Mapping[str, object]) -> int:
     _say(f"tidepool up: starting the registry (data in {settings['data_dir']})")
     registry = await start_child("registry", _registry_args(settings), READY_TIMEOUT_S)
     engines: list[Child] = []
+    router: Child | None = None
     try:
         address = registry.fields["grpc"]
         await ensure_public_aliases(address, settings["admin_token"])  # type: ignore[arg-type]
         _say(f"registry  grpc={address}  http={registry.fields.get('http')}")
         engines = await _start_fleet(settings, address)
+        router = await start_child("router", _router_args(address, settings), READY_TIMEOUT_S)
+        at = router.fields.get("grpc", "?")
+        _say(f"router    grpc={at}  http={router.fields.get('http')}")
         _say(
-            f"tidepool up: {len(engines)} engines ready; "
-            f"try `tidepool ctl --registry {address} instances`. Ctrl-C stops everything."
+            f"tidepool up: {len(engines)} engines ready behind the router. Try:\n"
+            f"  tidepool loadtest --target {at} --alias zh-public --rate 50 --duration 5\n"
+            f"  tidepool ctl --registry {address} instances\n"
+            "Send gRPC to the router with metadata x-tidepool-alias: zh-public (or en-public). "
+            "Ctrl-C stops everything."
         )
+        children = [registry, router]
         waiters: list[asyncio.Task[object]] = [
             asyncio.create_task(stop.wait()),
-            asyncio.create_task(registry.process.wait()),
+            *(asyncio.create_task(c.process.wait()) for c in children),
         ]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waiters:
             waiter.cancel()
-        if not registry.running:
-            _say("tidepool up: the registry exited; stopping the engines")
-            return 1
+        for child in children:
+            if not child.running:
+                _say(f"tidepool up: the {child.name} exited; stopping everything")
+                return 1
         return 0
     finally:
+        if router is not None:
+            _say("tidepool up: stopping the router")
+            await router.stop(15.0)
         _say("tidepool up: draining engines, then stopping the registry")
         await asyncio.gather(*(e.stop(ENGINE_STOP_S) for e in engines))
         await registry.stop(10.0)
@@ -238,7 +285,7 @@ async def run(settings: Mapping[str, object]) -> int:
 def parser() -> argparse.ArgumentParser:
     result = CommandParser(
         prog="tidepool up",
-        description="Run the registry and a mixed fleet of engine stubs on this machine.",
+        description="Run the registry, a mixed engine-stub fleet and the router on this machine.",
     )
     add_options(result, OPTIONS)
     return result

@@ -10,7 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import pytest
+
+from tidepool.engine.v1 import evaluator_pb2, evaluator_pb2_grpc
 
 FLEET = "zh/idc/60/0.6,en/serverless/100/1"
 
@@ -23,6 +26,15 @@ def _ctl(registry: str, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=30,
         check=False,
     )
+
+
+def _evaluate_through(router: str, alias: str, lang: str) -> str:
+    """One Evaluate through the router; the id of the engine that answered."""
+    with grpc.insecure_channel(router) as channel:
+        stub = evaluator_pb2_grpc.EvaluatorStub(channel)
+        request = evaluator_pb2.EvaluateRequest(audio=b"\0" * 3200, text="hello", lang=lang)
+        reply = stub.Evaluate(request, metadata=(("x-tidepool-alias", alias),), timeout=10)
+    return str(reply.engine_id)
 
 
 @pytest.mark.timeout(90)
@@ -39,6 +51,10 @@ def test_up_runs_a_mixed_fleet_until_interrupted(tmp_path: Path) -> None:
             "127.0.0.1:0",
             "--registry-http-listen",
             "127.0.0.1:0",
+            "--router-listen",
+            "127.0.0.1:0",
+            "--router-http-listen",
+            "127.0.0.1:0",
             "--fleet",
             FLEET,
             "--model-load-seconds",
@@ -51,7 +67,7 @@ def test_up_runs_a_mixed_fleet_until_interrupted(tmp_path: Path) -> None:
     )
     assert process.stdout is not None
     try:
-        registry, lines = None, []
+        registry, router, lines = None, None, []
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             line = process.stdout.readline()
@@ -59,6 +75,8 @@ def test_up_runs_a_mixed_fleet_until_interrupted(tmp_path: Path) -> None:
             lines.append(line)
             if line.startswith("registry  grpc="):
                 registry = line.split()[1].removeprefix("grpc=")
+            if line.startswith("router    grpc="):
+                router = line.split()[1].removeprefix("grpc=")
             if "engines ready" in line:
                 break
         else:
@@ -75,6 +93,15 @@ def test_up_runs_a_mixed_fleet_until_interrupted(tmp_path: Path) -> None:
         assert sorted(i["weight"] for i in instances) == [60, 100]
         aliases = json.loads(_ctl(registry, "alias", "list", "--json").stdout)
         assert {a["name"] for a in aliases} == {"zh-public", "en-public"}
+        assert router is not None, "".join(lines)
+        answered = {
+            lang: _evaluate_through(router, f"{lang}-public", lang) for lang in ("zh", "en")
+        }
+        by_id = {i["id"]: i["labels"]["lang"] for i in instances}
+        assert {lang: by_id[engine] for lang, engine in answered.items()} == {
+            "zh": "zh",
+            "en": "en",
+        }
         process.send_signal(signal.SIGINT)
         rest, _ = process.communicate(timeout=60)
         assert process.returncode == 0, rest
