@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import sys
 from collections.abc import Mapping, Sequence
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
-import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
@@ -43,6 +41,7 @@ from registry.sdk import (
     unless_signalled,
 )
 from registry.sdk.options import parse_host_port
+from registry.sdk.process_main import process_main
 from tidepool.engine.v1 import evaluator_pb2, evaluator_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -252,31 +251,8 @@ async def _serve(stub: EngineStub, signals: ShutdownSignals, http: str, out: Tex
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Entry point of `tidepool engine-stub`; returns the exit status."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        config = parse_config(args, os.environ if environ is None else environ)
-    except ConfigError as exc:
-        return _error(str(exc), 2)
-    except SystemExit as exc:  # --help, or a flag argparse rejected (already reported)
-        return exc.code if isinstance(exc.code, int) else 0
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return uvloop.run(run(config))
-    except AgentError as exc:
-        return _error(str(exc), 1)
-    except (ConfigError, OSError) as exc:
-        return _error(str(exc), 1)
+    return process_main(COMPONENT, parse_config, run, argv, environ, (AgentError,))
 
 
 def format_host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _error(message: str, code: int) -> int:
-    sys.stderr.write(f"tidepool {COMPONENT}: {message}\n")
-    sys.stderr.flush()
-    return code

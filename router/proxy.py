@@ -71,13 +71,8 @@ class ProxyHandler(grpc.GenericRpcHandler):
         try:
             aliases = self._forwarder.table.route(routed.alias, routed.tenant, routed.lang)
             answer = await self._forwarder.unary(method, request, aliases, routed.forward, timeout)
-        except RouteError as error:
-            self._forwarder.metrics.failed(error.code.name)
-            await context.abort(error.code, error.message)
-        except ForwardError as error:
-            if error.instance is None:
-                self._forwarder.metrics.failed(error.code.name)
-            await context.abort(error.code, error.details, error.trailing)
+        except (RouteError, ForwardError) as error:
+            await self._abort(context, error)
         if answer.initial:
             await context.send_initial_metadata(answer.initial)
         if answer.trailing:
@@ -92,10 +87,15 @@ class ProxyHandler(grpc.GenericRpcHandler):
         try:
             aliases = self._forwarder.table.route(routed.alias, routed.tenant, routed.lang)
             await self._streams.forward(method, context, aliases, routed.forward, timeout)
-        except RouteError as error:
+        except (RouteError, ForwardError) as error:
+            await self._abort(context, error)
+
+    async def _abort(self, context: Any, error: RouteError | ForwardError) -> None:
+        """End the call with the error's status; count it if the router itself refused."""
+        if isinstance(error, RouteError):
             self._forwarder.metrics.failed(error.code.name)
             await context.abort(error.code, error.message)
-        except ForwardError as error:
+        else:
             if error.instance is None:
                 self._forwarder.metrics.failed(error.code.name)
             await context.abort(error.code, error.details, error.trailing)

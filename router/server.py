@@ -21,11 +21,11 @@ from typing import Any, TextIO
 from urllib.parse import parse_qs
 
 import grpc
-import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from registry.sdk import ConfigError, ShutdownSignals, StatusServer
+from registry.sdk import ShutdownSignals, StatusServer
 from registry.sdk.options import parse_host_port
+from registry.sdk.process_main import process_main
 from router.config import RouterConfig, parse_config
 from router.core import RouterCore, build_core
 from router.metrics import RouterMetrics
@@ -212,25 +212,4 @@ def _host_port(host: str, port: int) -> str:
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Entry point of `tidepool router serve` (one process); returns the exit status."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        config = parse_config(args, os.environ if environ is None else environ)
-    except ConfigError as exc:
-        return _error(str(exc), 2)
-    except SystemExit as exc:  # --help, or a flag argparse rejected (already reported)
-        return exc.code if isinstance(exc.code, int) else 0
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return uvloop.run(run(config))
-    except (ConfigError, OSError) as exc:
-        return _error(str(exc), 1)
-
-
-def _error(message: str, code: int) -> int:
-    sys.stderr.write(f"tidepool {COMPONENT}: {message}\n")
-    sys.stderr.flush()
-    return code
+    return process_main(COMPONENT, parse_config, run, argv, environ)
