@@ -83,7 +83,12 @@ class RetryPolicy:
 
 
 class RetryBudget:
-    """A token bucket: each request deposits `ratio` tokens, each retry spends one."""
+    """Retries allowed: `ratio` of the calls of the last `window_s`, plus a reserve.
+
+    Calls and retries are counted in sliding sums that decay linearly over the
+    window; a retry is allowed while reserve + ratio × calls − retries ≥ 1,
+    where the reserve is `min_per_s × window_s`.
+    """
 
     def __init__(
         self,
@@ -96,40 +101,39 @@ class RetryBudget:
             raise ValueError(f"retry budget ratio must be 0..1, got {ratio}")
         if min_per_s < 0:
             raise ValueError(f"retry budget min_per_s must be 0 or more, got {min_per_s}")
+        if not window_s > 0:
+            raise ValueError(f"retry budget window_s must be above 0, got {window_s}")
         self._ratio = ratio
-        self._min_per_s = min_per_s
-        self._clock = clock
-        self._cap_floor = max(min_per_s * window_s, 1.0)
+        self._reserve = min_per_s * window_s
         self._window_s = window_s
-        self._tokens = self._cap_floor
-        self._cap = self._cap_floor
+        self._clock = clock
         self._stamp = clock()
-        self._deposits = 0.0
+        self._calls = 0.0
+        self._retries = 0.0
 
-    def deposit(self) -> None:
-        """One request was sent (call once per request, not per attempt)."""
-        self._tokens = min(self._tokens + self._ratio, self._cap)
-        self._deposits += self._ratio
-
-    def try_spend(self) -> bool:
-        """Take one retry from the budget; False when it is spent."""
+    def _decay(self) -> None:
         now = self._clock()
         elapsed = now - self._stamp
         if elapsed > 0:
             self._stamp = now
-            # The floor refills with time; the cap follows the recent request rate.
-            self._tokens = min(self._tokens + elapsed * self._min_per_s, self._cap)
-            if elapsed < self._window_s:
-                decay = 1 - elapsed / self._window_s
-                self._deposits *= decay
-            else:
-                self._deposits = 0.0
-            self._cap = max(self._cap_floor, self._deposits)
-        if self._tokens >= 1:
-            self._tokens -= 1
+            keep = max(0.0, 1.0 - elapsed / self._window_s)
+            self._calls *= keep
+            self._retries *= keep
+
+    def deposit(self) -> None:
+        """One call was made (once per call, not per attempt)."""
+        self._decay()
+        self._calls += 1
+
+    def try_spend(self) -> bool:
+        """Take one retry from the budget; False when it is spent."""
+        self._decay()
+        if self.tokens >= 1:
+            self._retries += 1
             return True
         return False
 
     @property
     def tokens(self) -> float:
-        return self._tokens
+        """Retries the budget would allow now."""
+        return self._reserve + self._ratio * self._calls - self._retries

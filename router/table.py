@@ -219,8 +219,11 @@ class RoutingTable:
         if chosen.panic != pool.panic:
             self._events.panic_changed(pool.alias, chosen.panic)
         pool.panic = chosen.panic
-        pool.healthy = 0 if chosen.panic else len(chosen.candidates)
-        wake = [t for t in (pool.picker.refresh_at, pool.detector.next_readmission_at(now)) if t]
+        # In panic or last resort nothing here is known to be healthy: a tenant's
+        # later alias is preferred over it.
+        pool.healthy = 0 if chosen.panic or pool.last_resort else len(chosen.candidates)
+        times = (pool.picker.refresh_at, pool.detector.next_readmission_at(now))
+        wake = [t for t in times if t is not None]
         pool.refresh_at = min(wake) if wake else math.inf
         if pool.picker.refresh_at is None:
             pool.rejoined.clear()  # every ramp is over
