@@ -86,8 +86,8 @@ class RetryBudget:
     """Retries allowed: `ratio` of the calls of the last `window_s`, plus a reserve.
 
     Calls and retries are counted in sliding sums that decay linearly over the
-    window; a retry is allowed while reserve + ratio × calls − retries ≥ 1,
-    where the reserve is `min_per_s × window_s`.
+    window; a retry is allowed while reserve + ratio * calls - retries >= 1,
+    where the reserve is `min_per_s * window_s`.
     """
 
     def __init__(
