@@ -57,12 +57,15 @@ class ForwardError(Exception):
         details: str,
         trailing: Metadata = (),
         instance: str | None = None,
+        initial: Metadata = (),
     ) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
         self.trailing = trailing
         self.instance = instance
+        self.initial = initial
+        """The engine's initial metadata, when it sent some but no message."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +171,7 @@ class Forwarder:
                     error.details() or "",
                     answer_metadata(error.trailing_metadata()),
                     endpoint.id,
+                    answer_metadata(error.initial_metadata()),
                 ) from None
             finally:
                 in_flight[endpoint.id] -= 1

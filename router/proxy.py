@@ -98,4 +98,6 @@ class ProxyHandler(grpc.GenericRpcHandler):
         else:
             if error.instance is None:
                 self._forwarder.metrics.failed(error.code.name)
+            if error.initial:
+                await context.send_initial_metadata(error.initial)
             await context.abort(error.code, error.details, error.trailing)

@@ -97,8 +97,13 @@ class StreamForwarder:
                     exchange.attached.clear()
                     fwd.table.in_flight[endpoint.id] -= 1
                 fwd.metrics.answered(alias, endpoint.id, code.name, time.monotonic() - started)
+                initial: Metadata = ()
+                if exchange.responses == 0:  # headers not relayed with a message yet
+                    initial = answer_metadata(await call.initial_metadata())
                 if code is grpc.StatusCode.OK:
                     fwd.table.report_success(alias, endpoint.id)
+                    if initial:
+                        await context.send_initial_metadata(initial)
                     context.set_trailing_metadata(answer_metadata(await call.trailing_metadata()))
                     return
                 details = await call.details()
@@ -113,7 +118,7 @@ class StreamForwarder:
                 if not safe and fwd.policy.ejects(failure, code):
                     fwd.table.report_failure(alias, endpoint.id)
                 trailing = answer_metadata(await call.trailing_metadata())
-                raise ForwardError(code, details or "", trailing, endpoint.id)
+                raise ForwardError(code, details or "", trailing, endpoint.id, initial)
         finally:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

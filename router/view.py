@@ -20,6 +20,7 @@ from tidepool.registry.v1 import registry_pb2 as pb
 
 READY = pb.INSTANCE_STATE_READY
 _FAILED = frozenset({pb.INSTANCE_STATE_UNHEALTHY, pb.INSTANCE_STATE_STALLED})
+_LEAVING = frozenset({pb.INSTANCE_STATE_DRAINING, pb.INSTANCE_STATE_SWITCHING})
 _STATE_NAMES: dict[int, str] = {
     pb.INSTANCE_STATE_READY: "ready",
     pb.INSTANCE_STATE_DRAINING: "draining",
@@ -41,16 +42,24 @@ class InstanceInfo:
     """Effective weight: the admin override if any, 0 when drained by an admin."""
     labels: Mapping[str, str]
     state: int
+    leaving: bool = False
+    """It was draining or switching and has not been READY since: a lapse that
+    follows is the engine going away on purpose, not a failure."""
 
     @classmethod
     def from_pb(cls, instance: pb.Instance, known: InstanceInfo | None = None) -> InstanceInfo:
+        state = instance.state
+        leaving = state in _LEAVING or (
+            known is not None and known.leaving and state != READY
+        )
         return cls(
             id=instance.id,
             service=instance.service,
             address=instance.address,
             weight=_routing_weight(instance, known),
             labels=dict(instance.labels),
-            state=instance.state,
+            state=state,
+            leaving=leaving,
         )
 
     @property
@@ -62,7 +71,7 @@ class InstanceInfo:
         """Draining and switching instances take no new work (weight 0)."""
         # Failed instances keep their weight: not routed normally (unhealthy), but
         # panic mode and the last-resort rule may still use them.
-        takes_work = self.state == READY or self.failed
+        takes_work = self.state == READY or (self.failed and not self.leaving)
         return Endpoint(
             id=self.id,
             address=self.address,
@@ -80,6 +89,7 @@ class InstanceInfo:
             "weight": self.weight,
             "labels": dict(self.labels),
             "state": _STATE_NAMES.get(self.state, "unknown"),
+            "leaving": self.leaving,
         }
 
     @classmethod
@@ -91,6 +101,7 @@ class InstanceInfo:
             weight=int(data["weight"]),
             labels={str(k): str(v) for k, v in dict(data["labels"]).items()},
             state=_STATES_BY_NAME.get(str(data["state"]), pb.INSTANCE_STATE_UNSPECIFIED),
+            leaving=bool(data.get("leaving", False)),
         )
 
 
@@ -153,9 +164,9 @@ class RegistryView:
                 self.instances[instance.id] = InstanceInfo.from_pb(instance, known)
         elif kind == pb.WatchEvent.KIND_DELETE:
             for instance in event.instances:
-                known = self.instances.pop(instance.id, None)
-                failed = (known or InstanceInfo.from_pb(instance)).failed
-                departures[instance.id] = Departure.EXPIRED if failed else Departure.DEREGISTERED
+                last = self.instances.pop(instance.id, None) or InstanceInfo.from_pb(instance)
+                expired = last.failed and not last.leaving
+                departures[instance.id] = Departure.EXPIRED if expired else Departure.DEREGISTERED
         elif kind == pb.WatchEvent.KIND_ROUTING:
             self._set_routing(event.aliases, event.tenants)
         self.revision = event.revision
