@@ -27,6 +27,8 @@ from router.metadata import Metadata, answer_metadata
 from router.retry import classify
 
 _NONE: frozenset[str] = frozenset()
+WATCH_S = 0.25
+"""How often a stream's timers are looked at."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,8 @@ class StreamTimeouts:
     first_response_s: float = 30.0
     """Longest wait for the engine's first message after the caller's last one."""
     idle_s: float = 60.0
-    """Longest silence in both directions once the engine has answered."""
+    """Longest silence in both directions otherwise (before the caller's first
+    message, and once the engine has answered)."""
 
 
 class _Exchange:
@@ -160,17 +163,20 @@ class StreamForwarder:
         reader = asyncio.ensure_future(self._relay(exchange))
         try:
             while True:
-                limit = (
-                    self._timeouts.idle_s if exchange.responses else self._timeouts.first_response_s
-                )
+                # Waiting for the engine's first answer to what the caller sent;
+                # otherwise (an answer came, or the caller sent nothing yet) idle.
+                spoke = exchange.sent > 0 or exchange.half_closed
+                awaiting = spoke and exchange.responses == 0
+                limit = self._timeouts.first_response_s if awaiting else self._timeouts.idle_s
                 wait_s = exchange.last_activity + limit - time.monotonic()
-                done, _ = await asyncio.wait({reader}, timeout=max(wait_s, 0))
+                # Wake at least every WATCH_S: the caller's messages change the limit.
+                done, _ = await asyncio.wait({reader}, timeout=min(max(wait_s, 0), WATCH_S))
                 if done:
                     reader.result()
                     code: grpc.StatusCode = await call.code()
                     return code
                 if time.monotonic() - exchange.last_activity >= limit:
-                    what = "idle for" if exchange.responses else "sent no response within"
+                    what = "sent no response within" if awaiting else "idle for"
                     call.cancel()
                     raise ForwardError(
                         grpc.StatusCode.DEADLINE_EXCEEDED,
