@@ -318,8 +318,10 @@ class EngineAgent:
             except Exception:
                 log.exception("on_drain failed during shutdown")
             await self._wait_idle()
-            await self._cancel_tasks()
+            # Deregister while the heartbeat stream is still up: closing it first would
+            # look like a crash (unhealthy) to the registry and to every router.
             await self._deregister()
+            await self._cancel_tasks()
             await self._close_channel()
             self._closed = True
 
@@ -381,6 +383,8 @@ class EngineAgent:
             try:
                 await self._heartbeat_stream(backoff)
             except InstanceNotFoundError:
+                if self._stopping:
+                    return  # we deregistered ourselves
                 # A restarted registry that lost us: same id, so pool labels are recovered.
                 log.warning("registry forgot %s; registering again", self._instance_id)
                 await self._register_retrying(deadline=None)
