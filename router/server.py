@@ -17,20 +17,18 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TextIO
 from urllib.parse import parse_qs
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from registry.sdk import ShutdownSignals, StatusServer
 from registry.sdk.options import parse_host_port
 from registry.sdk.process_main import process_main
 from router.config import RouterConfig, parse_config
 from router.core import RouterCore, build_core
+from router.frontends import Frontend, ListenError, build_frontend
 from router.metrics import RouterMetrics
-from router.proxy import ProxyHandler
-from router.streams import StreamForwarder
 from router.table import RouteError, RoutingTable
 from router.watcher import RegistryWatcher
 
@@ -42,18 +40,12 @@ STOP_GRACE_S = 10.0
 WAITING_NOTICE_S = 5.0
 
 
-class ListenError(OSError):
-    """A listen address could not be bound."""
-
-
 @dataclass
 class Router:
-    """The assembled router process: the shared core plus its gRPC server."""
+    """The assembled router process: the shared core plus where callers connect."""
 
     core: RouterCore
-    server: Any
-    port: int
-    health: Any
+    frontend: Frontend
 
     @property
     def table(self) -> RoutingTable:
@@ -101,37 +93,9 @@ def _json(status: str, body: object) -> tuple[str, bytes, str]:
 
 
 def build_router(config: RouterConfig, *, metrics: RouterMetrics | None = None) -> Router:
-    """Assemble the router and bind its gRPC port (inside the event loop; not started)."""
+    """Assemble the router (inside the event loop; nothing started)."""
     core = build_core(config, metrics)
-    limit = config.max_message_bytes
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_send_message_length", limit),
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.so_reuseport", 1),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ]
-    )
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    server.add_generic_rpc_handlers(
-        (
-            ProxyHandler(
-                core.forwarder,
-                StreamForwarder(core.forwarder, config.stream_timeouts()),
-                default_deadline_s=config.default_deadline_s,
-                unary_methods=config.unary_methods,
-            ),
-        )
-    )
-    try:
-        port = server.add_insecure_port(config.listen)
-    except RuntimeError as exc:
-        raise ListenError(f"--listen: cannot listen on {config.listen}: {exc}") from None
-    if not port:
-        raise ListenError(f"--listen: cannot listen on {config.listen}")
-    return Router(core, server, port, health_servicer)
+    return Router(core, build_frontend(core))
 
 
 async def run(config: RouterConfig, *, out: TextIO | None = None) -> int:
@@ -140,7 +104,7 @@ async def run(config: RouterConfig, *, out: TextIO | None = None) -> int:
     with ShutdownSignals() as signals:
         router = build_router(config)
         router.watcher.load_file()
-        await router.server.start()
+        await router.frontend.start()
         http_host, http_port = parse_host_port(config.http_listen)
         status = StatusServer(
             http_host,
@@ -159,22 +123,22 @@ async def run(config: RouterConfig, *, out: TextIO | None = None) -> int:
                 ) from None
             if not await _wait_for_view(router, signals):
                 return 0
-            await _set_health(router.health, True)
-            grpc_at = _host_port(parse_host_port(config.listen)[0], router.port)
+            await router.frontend.set_serving(True)
+            grpc_at = _host_port(parse_host_port(config.listen)[0], router.frontend.port)
             http_at = _host_port(http_host, status.port)
             out.write(f"{READY_PREFIX} grpc={grpc_at} http={http_at} pid={os.getpid()}\n")
             out.flush()
             await signals.wait()
             log.info("stopping: no new calls; %.0f s for calls in flight", STOP_GRACE_S)
-            await _set_health(router.health, False)
-            await router.server.stop(STOP_GRACE_S)
+            await router.frontend.set_serving(False)
+            await router.frontend.stop(STOP_GRACE_S)
             return 0
         finally:
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
             await status.stop()
-            await router.server.stop(0)
+            await router.frontend.stop(0)
             await router.core.close()
 
 
@@ -195,15 +159,6 @@ async def _wait_for_view(router: Router, signals: ShutdownSignals) -> bool:
     finally:
         stop.cancel()
         viewed.cancel()
-
-
-async def _set_health(health_servicer: Any, serving: bool) -> None:
-    status = (
-        health_pb2.HealthCheckResponse.SERVING
-        if serving
-        else health_pb2.HealthCheckResponse.NOT_SERVING
-    )
-    await health_servicer.set("", status)
 
 
 def _host_port(host: str, port: int) -> str:

@@ -49,9 +49,7 @@ class InstanceInfo:
     @classmethod
     def from_pb(cls, instance: pb.Instance, known: InstanceInfo | None = None) -> InstanceInfo:
         state = instance.state
-        leaving = state in _LEAVING or (
-            known is not None and known.leaving and state != READY
-        )
+        leaving = state in _LEAVING or (known is not None and known.leaving and state != READY)
         return cls(
             id=instance.id,
             service=instance.service,

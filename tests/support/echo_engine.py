@@ -61,6 +61,9 @@ STOP_GRACE_S = 0.5
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 
+HEADERS_APART_S = 0.02
+"""Pause between echoed headers and the rest of the answer (see `Call.start`)."""
+
 
 def method_path(name: str) -> str:
     """The full gRPC path of one Echo method, e.g. ``/tidepool.test.v1.Echo/Unary``."""
@@ -147,6 +150,9 @@ class _Call:
         """Echo headers as initial metadata, sleep or hang as asked, fail as asked."""
         if self.echo:
             await self.context.send_initial_metadata(self.echo)
+            # Let the headers leave on their own: a grpc client that reads headers and
+            # trailers in one go sometimes reports no initial metadata for a stream.
+            await asyncio.sleep(HEADERS_APART_S)
         sleep_ms = self.text("x-sleep-ms")
         if sleep_ms:
             await asyncio.sleep(int(sleep_ms) / 1000)

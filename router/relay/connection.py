@@ -1,0 +1,394 @@
+"""One HTTP/2 connection, either side: frames in, frames out, flow control both ways.
+
+The relay terminates HTTP/2 on both hops, so this class speaks the protocol
+(SETTINGS, PING, GOAWAY, RST_STREAM, WINDOW_UPDATE, header blocks) and hands
+each stream's headers and DATA to its `StreamHandler` (a relayed call). Output
+is batched per event-loop turn through a shared `Flusher`. Any protocol error
+ends this connection with GOAWAY, never the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import cast
+
+from hpack import Decoder
+from hpack.exceptions import HPACKError
+
+from router.relay import frames as f
+from router.relay.frames import (
+    Header,
+    PeerSettings,
+    ProtocolError,
+    RecvWindow,
+    SendWindow,
+    Settings,
+)
+from router.relay.stream import CONNECTION_LOST, Flusher, Stream, StreamHandler
+
+__all__ = ["CONNECTION_LOST", "Connection", "Flusher", "Stream", "StreamHandler"]
+
+log = logging.getLogger(__name__)
+
+
+class Connection(asyncio.Protocol):
+    """An HTTP/2 connection; `client_side` when we opened it (to an engine)."""
+
+    def __init__(self, flusher: Flusher, settings: Settings, *, client_side: bool) -> None:
+        self.flusher = flusher
+        self.settings = settings
+        self.client_side = client_side
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, Stream] = {}
+        self.decoder = Decoder(max_header_list_size=settings.max_header_list_size)
+        self.peer = PeerSettings()
+        self.send_window = SendWindow(f.DEFAULT_WINDOW)
+        self.recv_window = RecvWindow(max(settings.connection_window, f.DEFAULT_WINDOW))
+        self.next_stream_id = 1
+        self.last_peer_stream = 0
+        self.goaway_received: int | None = None
+        self.goaway_sent = False
+        self.closed = False
+        self.on_new_stream: Callable[[Stream, list[Header], bool], None] | None = None
+        self.on_closed: Callable[[Connection], None] | None = None
+        self._out: list[bytes] = []
+        self._buffer = b""
+        self._preface_pending = not client_side
+        self._block: tuple[int, int, bytearray] | None = None
+        self._blocked: dict[int, Stream] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        if self.client_side:
+            self._out.append(f.PREFACE)
+        self._out.extend(self.settings.frames(self.client_side))
+        self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        streams, self.streams = self.streams, {}
+        self._blocked.clear()
+        for stream in streams.values():
+            stream.handler.on_reset(stream, CONNECTION_LOST, False)
+        if self.on_closed is not None:
+            self.on_closed(self)
+        self.flusher.flush()
+
+    def flush(self) -> None:
+        if self._out and self.transport is not None and not self.closed:
+            data = b"".join(self._out)
+            self._out.clear()
+            self.transport.write(data)
+
+    def write(self, data: bytes) -> None:
+        self._out.append(data)
+        self.flusher.mark(self)
+
+    def fail(self, code: int, message: str) -> None:
+        """End the connection for a protocol error: GOAWAY, then close."""
+        log.info("relay: closing an HTTP/2 connection: %s", message)
+        self._out.append(f.goaway(self.last_peer_stream, code, message[:128].encode()))
+        self.close()
+
+    def close(self) -> None:
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def send_goaway(self) -> None:
+        """Graceful: no new streams; those up to the last seen still finish."""
+        if not self.goaway_sent:
+            self.goaway_sent = True
+            self.write(f.goaway(self.last_peer_stream, f.NO_ERROR))
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._receive(data)
+        except ProtocolError as error:
+            self.fail(error.code, str(error))
+        except Exception:  # a bug must cost one connection, never the process
+            log.exception("relay: unexpected error on an HTTP/2 connection")
+            self.fail(f.INTERNAL_ERROR, "internal error")
+        self.flusher.flush()
+
+    def _receive(self, data: bytes) -> None:
+        buffer = self._buffer + data if self._buffer else data
+        if self._preface_pending:
+            if len(buffer) < len(f.PREFACE):
+                if not f.PREFACE.startswith(buffer):
+                    raise ProtocolError(f.PROTOCOL_ERROR, "not an HTTP/2 preface")
+                self._buffer = buffer
+                return
+            if not buffer.startswith(f.PREFACE):
+                raise ProtocolError(f.PROTOCOL_ERROR, "not an HTTP/2 preface")
+            buffer = buffer[len(f.PREFACE) :]
+            self._preface_pending = False
+        parsed, used = f.parse_frames(buffer, self.settings.max_frame_size)
+        self._buffer = buffer[used:]
+        for item in parsed:
+            if self.closed:
+                return
+            self._dispatch(item)
+
+    def _dispatch(self, item: f.Frame) -> None:  # noqa: C901 - one branch per frame type
+        kind, flags, sid, payload = item
+        if self._block is not None and kind != f.CONTINUATION:
+            raise ProtocolError(f.PROTOCOL_ERROR, "header block interrupted")
+        if kind == f.DATA:
+            self._on_data(sid, flags, payload)
+        elif kind == f.HEADERS:
+            self._on_headers(sid, flags, payload)
+        elif kind == f.CONTINUATION:
+            self._on_continuation(sid, flags, payload)
+        elif kind == f.WINDOW_UPDATE:
+            self._on_window_update(sid, payload)
+        elif kind == f.SETTINGS:
+            self._on_settings(sid, flags, payload)
+        elif kind == f.PING:
+            if sid or len(payload) != 8:
+                raise ProtocolError(f.FRAME_SIZE_ERROR, "bad PING")
+            if not flags & f.ACK:
+                self.write(f.frame(f.PING, f.ACK, 0, payload))
+        elif kind == f.RST_STREAM:
+            if not sid or len(payload) != 4:
+                raise ProtocolError(f.PROTOCOL_ERROR, "bad RST_STREAM")
+            self._on_rst(sid, f.read_u32(payload))
+        elif kind == f.GOAWAY:
+            if sid or len(payload) < 8:
+                raise ProtocolError(f.PROTOCOL_ERROR, "bad GOAWAY")
+            self._on_goaway(f.read_u32(payload) & f.MAX_STREAM_ID)
+        elif kind == f.PUSH_PROMISE:
+            raise ProtocolError(f.PROTOCOL_ERROR, "PUSH_PROMISE not enabled")
+        elif kind == f.PRIORITY and (not sid or len(payload) != 5):
+            raise ProtocolError(f.PROTOCOL_ERROR, "bad PRIORITY")
+
+    def _on_data(self, sid: int, flags: int, payload: bytes) -> None:
+        if not sid:
+            raise ProtocolError(f.PROTOCOL_ERROR, "DATA on stream 0")
+        self.recv_window.receive(len(payload))
+        stream = self.streams.get(sid)
+        if stream is None or stream.remote_done:
+            if self._idle(sid):
+                raise ProtocolError(f.PROTOCOL_ERROR, f"DATA on idle stream {sid}")
+            self._credit_connection(len(payload))  # a stream we already closed
+            return
+        stream.recv.receive(len(payload))
+        data = f.strip_padding(payload, flags, f.DATA)
+        if len(data) != len(payload):
+            self.credit(stream, len(payload) - len(data))
+        end = bool(flags & f.END_STREAM)
+        if end:
+            stream.remote_done = True
+        stream.handler.on_data(stream, data, end)
+        if end:
+            self._maybe_forget(stream)
+
+    def _idle(self, sid: int) -> bool:
+        if self.client_side:
+            return sid >= self.next_stream_id
+        return sid > self.last_peer_stream
+
+    def _on_headers(self, sid: int, flags: int, payload: bytes) -> None:
+        if not sid:
+            raise ProtocolError(f.PROTOCOL_ERROR, "HEADERS on stream 0")
+        block = f.strip_padding(payload, flags, f.HEADERS)
+        if flags & f.END_HEADERS:
+            self._on_block(sid, flags, block)
+        else:
+            self._block = (sid, flags, bytearray(block))
+
+    def _on_continuation(self, sid: int, flags: int, payload: bytes) -> None:
+        if self._block is None or self._block[0] != sid:
+            raise ProtocolError(f.PROTOCOL_ERROR, "unexpected CONTINUATION")
+        block = self._block[2]
+        block += payload
+        if len(block) > self.settings.max_header_list_size:
+            raise ProtocolError(f.ENHANCE_YOUR_CALM, "header block too large")
+        if flags & f.END_HEADERS:
+            first_flags = self._block[1]  # END_STREAM rides on the HEADERS frame
+            self._block = None
+            self._on_block(sid, first_flags, bytes(block))
+
+    def _on_block(self, sid: int, flags: int, block: bytes) -> None:
+        try:  # always decode: the HPACK table must follow every block
+            headers: list[Header] = self.decoder.decode(block, raw=True)  # type: ignore[assignment]
+        except HPACKError as error:
+            raise ProtocolError(f.COMPRESSION_ERROR, f"bad header block: {error}") from None
+        end = bool(flags & f.END_STREAM)
+        stream = self.streams.get(sid)
+        if stream is not None:
+            if end:
+                stream.remote_done = True
+            stream.handler.on_headers(stream, headers, end)
+            if end:
+                self._maybe_forget(stream)
+        elif not self.client_side:
+            self._open_peer_stream(sid, headers, end)
+
+    def _open_peer_stream(self, sid: int, headers: list[Header], end: bool) -> None:
+        if sid % 2 == 0 or sid <= self.last_peer_stream:
+            raise ProtocolError(f.PROTOCOL_ERROR, f"HEADERS on stream {sid} out of order")
+        self.last_peer_stream = sid
+        if self.goaway_sent or len(self.streams) >= self.settings.max_concurrent_streams:
+            self.write(f.rst_stream(sid, f.REFUSED_STREAM))
+            return
+        stream = Stream(self, sid)
+        stream.remote_done = end
+        self.streams[sid] = stream
+        if self.on_new_stream is not None:
+            self.on_new_stream(stream, headers, end)
+
+    def _on_window_update(self, sid: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise ProtocolError(f.FRAME_SIZE_ERROR, "bad WINDOW_UPDATE")
+        increment = f.read_u32(payload) & f.MAX_WINDOW
+        if not sid:
+            self.send_window.grant(increment)
+            self._drain_all()
+            return
+        stream = self.streams.get(sid)
+        if stream is not None:
+            stream.send.grant(increment)
+            self._drain(stream)
+
+    def _on_settings(self, sid: int, flags: int, payload: bytes) -> None:
+        if sid:
+            raise ProtocolError(f.PROTOCOL_ERROR, "SETTINGS on a stream")
+        if flags & f.ACK:
+            if payload:
+                raise ProtocolError(f.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+            return
+        delta = self.peer.apply(payload)
+        if delta:
+            for stream in self.streams.values():
+                stream.send.adjust(delta)
+        self.write(f.frame(f.SETTINGS, f.ACK, 0))
+        self._drain_all()
+
+    def _on_rst(self, sid: int, code: int) -> None:
+        stream = self.streams.pop(sid, None)
+        if stream is None:
+            if self._idle(sid):
+                raise ProtocolError(f.PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
+            return
+        self._blocked.pop(sid, None)
+        stream.handler.on_reset(stream, code, self.client_side and code == f.REFUSED_STREAM)
+        self._maybe_close_drained()
+
+    def _on_goaway(self, last_stream_id: int) -> None:
+        self.goaway_received = last_stream_id
+        if self.client_side:  # streams past the last one were never seen: safe to retry
+            for sid in [s for s in self.streams if s > last_stream_id]:
+                stream = self.streams.pop(sid)
+                self._blocked.pop(sid, None)
+                stream.handler.on_reset(stream, f.REFUSED_STREAM, True)
+        self._maybe_close_drained()
+
+    @property
+    def accepting(self) -> bool:
+        """Whether a new stream may be opened on this (client-side) connection."""
+        return (
+            not self.closed
+            and self.goaway_received is None
+            and not self.goaway_sent
+            and len(self.streams) < self.peer.max_streams
+            and self.next_stream_id < f.MAX_STREAM_ID
+        )
+
+    def open_stream(self, handler: StreamHandler) -> Stream:
+        stream = Stream(self, self.next_stream_id)
+        self.next_stream_id += 2
+        stream.handler = handler
+        self.streams[stream.id] = stream
+        return stream
+
+    def send_headers(self, stream: Stream, block: bytes, end: bool) -> None:
+        if stream.queue:
+            stream.queue.append((f.HEADERS, block, end))
+            return
+        self._write_headers(stream, block, end)
+
+    def _write_headers(self, stream: Stream, block: bytes, end: bool) -> None:
+        self._out.extend(f.header_frames(stream.id, block, end, self.peer.max_frame))
+        self.flusher.mark(self)
+        if end:
+            stream.local_done = True
+            self._maybe_forget(stream)
+
+    def send_data(self, stream: Stream, data: bytes, end: bool) -> None:
+        """Send now what the windows allow; the rest waits. `on_sent` reports what went."""
+        stream.queue.append((f.DATA, data, end))
+        if len(stream.queue) == 1:
+            self._drain(stream)
+
+    def _drain_all(self) -> None:
+        for stream in list(self._blocked.values()):
+            self._drain(stream)
+
+    def _drain(self, stream: Stream) -> None:
+        queue = stream.queue
+        while queue:
+            kind, payload, end = queue[0]
+            if kind == f.HEADERS:
+                queue.pop(0)
+                self._write_headers(stream, payload, end)
+                continue
+            room = min(self.send_window.available, stream.send.available, self.peer.max_frame)
+            size = len(payload)
+            if size > room:
+                if room <= 0:
+                    self._blocked[stream.id] = stream
+                    return
+                queue[0] = (kind, payload[room:], end)
+                payload, size, end = payload[:room], room, False
+            else:
+                queue.pop(0)
+            self.send_window.available -= size
+            stream.send.available -= size
+            self._out.append(f.data_header(size, f.END_STREAM if end else 0, stream.id))
+            self._out.append(payload)
+            if end:
+                stream.local_done = True
+            stream.handler.on_sent(stream, size)
+        self._blocked.pop(stream.id, None)
+        self.flusher.mark(self)
+        if stream.local_done:
+            self._maybe_forget(stream)
+
+    def credit(self, stream: Stream, length: int) -> None:
+        """`length` received bytes were handed on: reopen the windows (in batches)."""
+        if length <= 0:
+            return
+        if not stream.remote_done and self.streams.get(stream.id) is stream:
+            increment = stream.recv.release(length)
+            if increment:
+                self.write(f.window_update(stream.id, increment))
+        self._credit_connection(length)
+
+    def _credit_connection(self, length: int) -> None:
+        increment = self.recv_window.release(length)
+        if increment:
+            self.write(f.window_update(0, increment))
+
+    def reset(self, stream: Stream, code: int) -> None:
+        """RST_STREAM ours: the stream is gone on both sides; its queue is dropped."""
+        if self.streams.get(stream.id) is stream:
+            del self.streams[stream.id]
+            self._blocked.pop(stream.id, None)
+            stream.queue.clear()
+            self.write(f.rst_stream(stream.id, code))
+            self._maybe_close_drained()
+
+    def _maybe_forget(self, stream: Stream) -> None:
+        if stream.local_done and stream.remote_done and not stream.queue:
+            if self.streams.get(stream.id) is stream:
+                del self.streams[stream.id]
+                self._blocked.pop(stream.id, None)
+                self._maybe_close_drained()
+
+    def _maybe_close_drained(self) -> None:
+        draining = self.goaway_sent or self.goaway_received is not None
+        if draining and not self.streams and not self.closed:
+            self.close()

@@ -1,0 +1,351 @@
+"""HTTP/2 framing for the relay: frame codec, stateless HPACK encoding, window arithmetic.
+
+Pure code, no I/O, so the byte-level rules can be tested on their own. Why the
+encoder only writes literals "without indexing": it keeps no dynamic table, so
+one encoder serves every connection and never has to follow a peer's
+SETTINGS_HEADER_TABLE_SIZE; the cost (a few more bytes per header) is small
+next to a gRPC message, and each header pair's encoding is cached.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+HEADER = struct.Struct(">HBBBL")
+"""A frame header: 24-bit length (as 16 + 8), type, flags, stream id."""
+HEADER_SIZE = 9
+
+# Frame types (RFC 9113 §6).
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
+WINDOW_UPDATE, CONTINUATION = 8, 9
+
+# Flags.
+END_STREAM = 0x1
+ACK = 0x1
+END_HEADERS = 0x4
+PADDED = 0x8
+PRIORITY_FLAG = 0x20
+
+# Error codes (RFC 9113 §7).
+NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
+STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL = 0x5, 0x6, 0x7, 0x8
+COMPRESSION_ERROR, ENHANCE_YOUR_CALM = 0x9, 0xB
+
+# Settings identifiers.
+SETTINGS_HEADER_TABLE_SIZE = 0x1
+SETTINGS_ENABLE_PUSH = 0x2
+SETTINGS_MAX_CONCURRENT_STREAMS = 0x3
+SETTINGS_INITIAL_WINDOW_SIZE = 0x4
+SETTINGS_MAX_FRAME_SIZE = 0x5
+SETTINGS_MAX_HEADER_LIST_SIZE = 0x6
+
+DEFAULT_WINDOW = 65_535
+DEFAULT_MAX_FRAME = 16_384
+MAX_FRAME_LIMIT = (1 << 24) - 1
+MAX_WINDOW = (1 << 31) - 1
+MAX_STREAM_ID = (1 << 31) - 1
+
+_U32 = struct.Struct(">L")
+_SETTING = struct.Struct(">HL")
+
+
+class ProtocolError(Exception):
+    """The peer broke HTTP/2: the connection ends with GOAWAY(`code`)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Frame(NamedTuple):
+    type: int
+    flags: int
+    stream_id: int
+    payload: bytes
+
+
+def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    """One frame, header and payload."""
+    n = len(payload)
+    return HEADER.pack(n >> 8, n & 0xFF, kind, flags, stream_id) + payload
+
+
+def data_header(length: int, flags: int, stream_id: int) -> bytes:
+    """The header of a DATA frame whose payload is written separately (no copy)."""
+    return HEADER.pack(length >> 8, length & 0xFF, DATA, flags, stream_id)
+
+
+def parse_frames(buffer: bytes, max_frame_size: int) -> tuple[list[Frame], int]:
+    """The complete frames at the start of `buffer` and how many bytes they used.
+
+    A frame longer than `max_frame_size` (what we advertised) is a connection
+    error: waiting for the rest of it would let a peer make us buffer 16 MiB.
+    """
+    frames: list[Frame] = []
+    pos = 0
+    end = len(buffer)
+    while end - pos >= HEADER_SIZE:
+        hi, lo, kind, flags, stream_id = HEADER.unpack_from(buffer, pos)
+        length = (hi << 8) | lo
+        if length > max_frame_size:
+            raise ProtocolError(FRAME_SIZE_ERROR, f"frame of {length} bytes > {max_frame_size}")
+        stop = pos + HEADER_SIZE + length
+        if stop > end:
+            break
+        frames.append(Frame(kind, flags, stream_id & MAX_STREAM_ID, buffer[pos + 9 : stop]))
+        pos = stop
+    return frames, pos
+
+
+def strip_padding(payload: bytes, flags: int, kind: int) -> bytes:
+    """A DATA or HEADERS payload without its padding and priority fields."""
+    start = 0
+    stop = len(payload)
+    if flags & PADDED:
+        if stop < 1 or payload[0] >= stop:
+            raise ProtocolError(PROTOCOL_ERROR, "padding longer than the frame")
+        stop -= payload[0]
+        start = 1
+    if kind == HEADERS and flags & PRIORITY_FLAG:
+        start += 5
+        if start > stop:
+            raise ProtocolError(FRAME_SIZE_ERROR, "HEADERS too short for its priority")
+    return payload if start == 0 and stop == len(payload) else payload[start:stop]
+
+
+def settings_payload(settings: Iterable[tuple[int, int]]) -> bytes:
+    return b"".join(_SETTING.pack(k, v) for k, v in settings)
+
+
+def parse_settings(payload: bytes) -> Iterator[tuple[int, int]]:
+    if len(payload) % 6:
+        raise ProtocolError(FRAME_SIZE_ERROR, "SETTINGS payload not a multiple of 6")
+    for offset in range(0, len(payload), 6):
+        yield _SETTING.unpack_from(payload, offset)
+
+
+def u32(value: int) -> bytes:
+    return _U32.pack(value)
+
+
+def read_u32(payload: bytes, offset: int = 0) -> int:
+    value: int = _U32.unpack_from(payload, offset)[0]
+    return value
+
+
+def window_update(stream_id: int, increment: int) -> bytes:
+    return frame(WINDOW_UPDATE, 0, stream_id, u32(increment))
+
+
+def rst_stream(stream_id: int, code: int) -> bytes:
+    return frame(RST_STREAM, 0, stream_id, u32(code))
+
+
+def goaway(last_stream_id: int, code: int, debug: bytes = b"") -> bytes:
+    return frame(GOAWAY, 0, 0, u32(last_stream_id) + u32(code) + debug)
+
+
+def header_frames(stream_id: int, block: bytes, end: bool, max_frame: int) -> list[bytes]:
+    """A header block as HEADERS plus CONTINUATION frames of at most `max_frame` bytes."""
+    flags = END_STREAM if end else 0
+    if len(block) <= max_frame:
+        return [frame(HEADERS, flags | END_HEADERS, stream_id, block)]
+    out = [frame(HEADERS, flags, stream_id, block[:max_frame])]
+    for start in range(max_frame, len(block), max_frame):
+        last = start + max_frame >= len(block)
+        chunk = block[start : start + max_frame]
+        out.append(frame(CONTINUATION, END_HEADERS if last else 0, stream_id, chunk))
+    return out
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What we let a peer do on one connection."""
+
+    max_concurrent_streams: int = 1000
+    stream_window: int = 1 << 20
+    """Bytes a peer may send on one stream before we hand them on (the backpressure)."""
+    connection_window: int = 16 << 20
+    max_frame_size: int = DEFAULT_MAX_FRAME
+    max_header_list_size: int = 64 << 10
+
+    def frames(self, client_side: bool) -> list[bytes]:
+        """Our SETTINGS and the connection WINDOW_UPDATE that opens its window."""
+        ours = [
+            (SETTINGS_MAX_CONCURRENT_STREAMS, self.max_concurrent_streams),
+            (SETTINGS_INITIAL_WINDOW_SIZE, self.stream_window),
+            (SETTINGS_MAX_FRAME_SIZE, self.max_frame_size),
+            (SETTINGS_MAX_HEADER_LIST_SIZE, self.max_header_list_size),
+        ]
+        if client_side:
+            ours.append((SETTINGS_ENABLE_PUSH, 0))
+        out = [frame(SETTINGS, 0, 0, settings_payload(ours))]
+        if self.connection_window > DEFAULT_WINDOW:  # it starts at 64 KiB and only grows
+            out.append(window_update(0, self.connection_window - DEFAULT_WINDOW))
+        return out
+
+
+class PeerSettings:
+    """The limits a peer's SETTINGS put on what we send it."""
+
+    __slots__ = ("initial_window", "max_frame", "max_streams")
+
+    def __init__(self) -> None:
+        self.initial_window = DEFAULT_WINDOW
+        self.max_frame = DEFAULT_MAX_FRAME
+        self.max_streams = 1 << 31
+
+    def apply(self, payload: bytes) -> int:
+        """Apply one SETTINGS frame; the change of the initial stream window."""
+        delta = 0
+        for key, value in parse_settings(payload):
+            if key == SETTINGS_INITIAL_WINDOW_SIZE:
+                if value > MAX_WINDOW:
+                    raise ProtocolError(FLOW_CONTROL_ERROR, "initial window past 2^31-1")
+                delta += value - self.initial_window
+                self.initial_window = value
+            elif key == SETTINGS_MAX_FRAME_SIZE:
+                if not DEFAULT_MAX_FRAME <= value <= MAX_FRAME_LIMIT:
+                    raise ProtocolError(PROTOCOL_ERROR, f"MAX_FRAME_SIZE {value}")
+                self.max_frame = value
+            elif key == SETTINGS_MAX_CONCURRENT_STREAMS:
+                self.max_streams = value
+            elif key == SETTINGS_ENABLE_PUSH and value > 1:
+                raise ProtocolError(PROTOCOL_ERROR, f"ENABLE_PUSH {value}")
+        return delta
+
+
+# ---- HPACK: literal encoding -------------------------------------------------
+
+Header = tuple[bytes, bytes]
+_CACHE_LIMIT = 4096
+_cache: dict[Header, bytes] = {}
+
+
+def hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
+    """An HPACK integer (RFC 7541 §5.1) in a `prefix_bits` prefix, OR-ed with `first`."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes([first | value])
+    out = bytearray([first | limit])
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_header(name: bytes, value: bytes) -> bytes:
+    """One header as a literal without indexing, new name, no Huffman (RFC 7541 §6.2.2)."""
+    return b"\x00" + hpack_int(len(name), 7) + name + hpack_int(len(value), 7) + value
+
+
+def encode_headers(headers: Iterable[Header]) -> bytes:
+    """A header block that leaves every HPACK dynamic table untouched."""
+    out = []
+    for pair in headers:
+        encoded = _cache.get(pair)
+        if encoded is None:
+            encoded = encode_header(*pair)
+            if len(_cache) < _CACHE_LIMIT:
+                _cache[pair] = encoded
+        out.append(encoded)
+    return b"".join(out)
+
+
+# ---- gRPC header values ------------------------------------------------------
+
+_TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+
+
+def parse_grpc_timeout(value: bytes) -> float | None:
+    """Seconds in a grpc-timeout value ("100m", "5S"); None when it is malformed."""
+    unit = _TIMEOUT_UNITS.get(value[-1:])
+    digits = value[:-1]
+    if unit is None or not digits.isdigit() or len(digits) > 8:
+        return None
+    return int(digits) * unit
+
+
+def format_grpc_timeout(seconds: float) -> bytes:
+    """A grpc-timeout value of at least `seconds` in at most 8 digits (rounded up)."""
+    for unit, scale in ((b"u", 1e6), (b"m", 1e3), (b"S", 1.0), (b"M", 1 / 60), (b"H", 1 / 3600)):
+        amount = math.ceil(max(seconds, 0.0) * scale)
+        if amount < 100_000_000:
+            return str(max(amount, 1)).encode() + unit
+    return b"99999999H"
+
+
+def grpc_message(text: str) -> bytes:
+    """Percent-encode a grpc-message value (printable ASCII except '%' passes as is)."""
+    out = bytearray()
+    for byte in text.encode():
+        if 0x20 <= byte <= 0x7E and byte != 0x25:
+            out.append(byte)
+        else:
+            out += b"%%%02X" % byte
+    return bytes(out)
+
+
+# ---- flow control ------------------------------------------------------------
+
+
+class SendWindow:
+    """How many DATA bytes the peer lets us send (a stream's or the connection's)."""
+
+    __slots__ = ("available",)
+
+    def __init__(self, size: int) -> None:
+        self.available = size
+
+    def grant(self, increment: int) -> None:
+        """WINDOW_UPDATE from the peer; past 2^31-1 is the peer's FLOW_CONTROL_ERROR."""
+        if increment == 0:
+            raise ProtocolError(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+        if self.available + increment > MAX_WINDOW:
+            raise ProtocolError(FLOW_CONTROL_ERROR, "window grown past 2^31-1")
+        self.available += increment
+
+    def adjust(self, delta: int) -> None:
+        """A new SETTINGS_INITIAL_WINDOW_SIZE shifts open stream windows (may go negative)."""
+        if self.available + delta > MAX_WINDOW:
+            raise ProtocolError(FLOW_CONTROL_ERROR, "window grown past 2^31-1")
+        self.available += delta
+
+
+class RecvWindow:
+    """How many DATA bytes we let the peer send, and the credit we owe it back.
+
+    Credit is released only when the relay has handed the bytes on (that is the
+    backpressure), and sent back in batches of `threshold` to save frames.
+    """
+
+    __slots__ = ("available", "pending", "size", "threshold")
+
+    def __init__(self, size: int, threshold: int | None = None) -> None:
+        self.size = size
+        self.available = size
+        self.pending = 0
+        self.threshold = size // 2 if threshold is None else threshold
+
+    def receive(self, length: int) -> None:
+        """The peer sent `length` flow-controlled bytes; more than allowed is its error."""
+        if length > self.available:
+            raise ProtocolError(FLOW_CONTROL_ERROR, f"{length} bytes sent into a window of "
+                                f"{self.available}")  # fmt: skip
+        self.available -= length
+
+    def release(self, length: int) -> int:
+        """`length` bytes were passed on; the WINDOW_UPDATE increment to send now (or 0)."""
+        self.pending += length
+        if self.pending < self.threshold:
+            return 0
+        increment, self.pending = self.pending, 0
+        self.available += increment
+        return increment

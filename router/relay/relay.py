@@ -1,0 +1,396 @@
+"""One relayed gRPC call: route it, pick an engine, pump frames both ways, retry when safe.
+
+The same policy as the grpc.aio path (`Forwarder.after_failure`): an attempt
+that failed before the engine answered is retried on another instance while
+the router still holds every request byte it sent (up to `BUFFER_LIMIT_BYTES`,
+and never once a response has reached the caller); UNAVAILABLE from an engine
+is retried for idempotent methods. Why hold a response's HEADERS for those
+methods until its first DATA or trailers: an engine that answers UNAVAILABLE
+after initial metadata could not be retried once the caller saw them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+import grpc
+
+from router.endpoint import Endpoint
+from router.forward import ForwardError
+from router.relay import frames as f
+from router.relay.connection import CONNECTION_LOST, Connection, Stream
+from router.relay.frames import Header
+from router.relay.upstream import CONNECT_TIMEOUT_S, UpstreamPool
+from router.retry import Failure
+from router.table import ALIAS_KEY, LANG_KEY, TENANT_KEY, RouteError
+
+if TYPE_CHECKING:
+    from router.core import RouterCore
+
+BUFFER_LIMIT_BYTES = 1 << 20
+"""Request bytes kept for a retry; a longer request is not retried once sent."""
+NO_DEADLINE = 1e18
+_HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
+)
+_STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+_ALIAS, _TENANT, _LANG = ALIAS_KEY.encode(), TENANT_KEY.encode(), LANG_KEY.encode()
+
+
+def grpc_status(headers: list[Header]) -> grpc.StatusCode:
+    """The grpc-status in a trailer block (UNKNOWN when absent or malformed)."""
+    for key, value in headers:
+        if key == b"grpc-status":
+            return _STATUS_BY_NUMBER.get(int(value), grpc.StatusCode.UNKNOWN) if value.isdigit() \
+                else grpc.StatusCode.UNKNOWN  # fmt: skip
+    return grpc.StatusCode.UNKNOWN
+
+
+def status_block(code: grpc.StatusCode, message: str, trailers_only: bool) -> bytes:
+    """A gRPC error as trailers (after response headers) or as a trailers-only response."""
+    status = [
+        (b"grpc-status", str(code.value[0]).encode()),
+        (b"grpc-message", f.grpc_message(message)),
+    ]
+    if trailers_only:
+        status = [(b":status", b"200"), (b"content-type", b"application/grpc"), *status]
+    return f.encode_headers(status)
+
+
+def parse_request(
+    headers: list[Header],
+) -> tuple[bytes | None, str | None, str | None, str | None, float | None, list[Header]]:
+    """:path, alias, tenant, lang, grpc-timeout, and the headers to send on (no timeout)."""
+    path = alias = tenant = lang = None
+    timeout: float | None = None
+    forward: list[Header] = []
+    for key, value in headers:
+        if key == b":path":
+            path = value
+        elif key == b"grpc-timeout":
+            timeout = f.parse_grpc_timeout(value)
+            continue
+        elif key in _HOP_BY_HOP:
+            continue
+        elif key == _ALIAS:
+            alias = value.decode(errors="replace")
+        elif key == _TENANT:
+            tenant = value.decode(errors="replace")
+        elif key == _LANG:
+            lang = value.decode(errors="replace")
+        forward.append((key, value))
+    return path, alias, tenant, lang, timeout, forward
+
+
+class Relay:
+    """What every call shares: the router core and the engine connections."""
+
+    def __init__(self, core: RouterCore, pool: UpstreamPool) -> None:
+        self.core = core
+        self.table = core.table
+        self.forwarder = core.forwarder
+        self.metrics = core.forwarder.metrics
+        self.pool = pool
+        self.unary = frozenset(core.config.unary_methods)
+        self.idempotent = frozenset(core.forwarder.policy.idempotent_methods)
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def open_call(self, stream: Stream, headers: list[Header], end: bool) -> None:
+        RelayCall(self, stream, end).start(headers)
+
+    def spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+class RelayCall:
+    """A client stream and, in turn, each attempt's upstream stream (a StreamHandler for both)."""
+
+    def __init__(self, relay: Relay, client: Stream, request_done: bool) -> None:
+        self.r = relay
+        self.client = client
+        self.loop = asyncio.get_running_loop()
+        self.method = ""
+        self.aliases: tuple[str, ...] = ()
+        self.block = b""
+        self.deadline = NO_DEADLINE
+        self.timer: asyncio.TimerHandle | None = None
+        self.body: list[bytes] = []
+        self.body_bytes = 0
+        self.replayable = True
+        self.request_done = request_done
+        self.received = 0  # client DATA bytes received, and credited back
+        self.credited = 0
+        self.responded = False  # response headers sent to the client
+        self.finished = False
+        self.attempts = 0
+        self.exclude: frozenset[str] = frozenset()
+        self.up: Stream | None = None
+        self.alias = ""
+        self.endpoint: Endpoint | None = None
+        self.started = 0.0
+        self.active = False  # this attempt counts in table.in_flight
+        self.sent = 0  # request bytes this attempt wrote upstream
+        self.answered = False  # this attempt's response headers arrived
+        self.held: list[Header] | None = None
+        self.resp_received = 0
+        self.resp_credited = 0
+
+    def start(self, headers: list[Header]) -> None:
+        self.client.handler = self
+        path, alias, tenant, lang, timeout, forward = parse_request(headers)
+        if not path:
+            self.client.conn.reset(self.client, f.PROTOCOL_ERROR)
+            return
+        self.method = path.decode(errors="replace")
+        if timeout is None and self.method in self.r.unary:
+            timeout = self.r.core.config.default_deadline_s
+        try:
+            self.aliases = self.r.table.route(alias, tenant, lang)
+        except RouteError as error:
+            self.r.metrics.failed(error.code.name)
+            self.respond_error(error.code, error.message)
+            return
+        if timeout is not None:
+            self.deadline = self.loop.time() + timeout
+            self.timer = self.loop.call_at(self.deadline, self.on_deadline)
+        self.block = f.encode_headers(forward)
+        self.r.forwarder.budget.deposit()
+        self.attempt()
+
+    def attempt(self) -> None:
+        try:
+            self.alias, endpoint = self.r.forwarder.pick(self.aliases, self.exclude)
+        except ForwardError as error:
+            self.r.metrics.failed(error.code.name)
+            self.respond_error(error.code, error.details)
+            return
+        self.endpoint = endpoint
+        self.attempts += 1
+        self.started = time.monotonic()
+        self.answered = False
+        self.active = True
+        in_flight = self.r.table.in_flight
+        in_flight[endpoint.id] = in_flight.get(endpoint.id, 0) + 1
+        conn = self.r.pool.ready(endpoint.address)
+        if conn is not None:
+            self.open_upstream(conn)
+        else:
+            self.r.spawn(self.connect(endpoint, self.attempts))
+
+    async def connect(self, endpoint: Endpoint, attempt: int) -> None:
+        wait = min(CONNECT_TIMEOUT_S, self.deadline - self.loop.time())
+        try:
+            conn = await self.r.pool.get(endpoint.address, max(wait, 0.001))
+        except (OSError, TimeoutError) as error:
+            if not self.finished and attempt == self.attempts:
+                reason = str(error) or type(error).__name__
+                message = f"failed to connect to engine {endpoint.address}: {reason}"
+                self.attempt_failed(Failure.CONNECT, message)
+            return
+        if not self.finished and attempt == self.attempts:
+            self.open_upstream(conn)
+
+    def open_upstream(self, conn: Connection) -> None:
+        up = self.up = conn.open_stream(self)
+        self.sent = self.resp_received = self.resp_credited = 0
+        block = self.block
+        if self.deadline != NO_DEADLINE:
+            left = self.deadline - self.loop.time()
+            block += f.encode_header(b"grpc-timeout", f.format_grpc_timeout(left))
+        body = self.body
+        conn.send_headers(up, block, self.request_done and not body)
+        for index, chunk in enumerate(body):
+            conn.send_data(up, chunk, self.request_done and index == len(body) - 1)
+        if self.body_bytes > BUFFER_LIMIT_BYTES:
+            self.replayable = False
+            self.body = []
+
+    def on_headers(self, stream: Stream, headers: list[Header], end: bool) -> None:
+        if stream is self.client:
+            self.on_request_trailers(headers, end)
+        elif stream is self.up:
+            if not self.answered:
+                self.answered = True
+                if not end:
+                    if self.method in self.r.idempotent and self.request_done:
+                        self.held = headers  # until DATA or trailers: see the module doc
+                        return
+                    self.send_response_headers(headers)
+                    return
+            self.on_trailers(headers)
+
+    def on_request_trailers(self, headers: list[Header], end: bool) -> None:
+        self.request_done = self.request_done or end
+        if self.up is not None:
+            self.up.conn.send_headers(self.up, f.encode_headers(headers), end)
+
+    def send_response_headers(self, headers: list[Header]) -> None:
+        self.held = None
+        self.responded = True
+        self.replayable = False
+        self.body = []
+        self.client.conn.send_headers(self.client, f.encode_headers(headers), False)
+
+    def on_data(self, stream: Stream, data: bytes, end: bool) -> None:
+        if stream is self.client:
+            self.received += len(data)
+            self.request_done = self.request_done or end
+            up = self.up
+            if data and (self.replayable or up is None):
+                self.body.append(data)
+                self.body_bytes += len(data)
+            if up is not None:
+                up.conn.send_data(up, data, end)
+                if self.replayable and self.body_bytes > BUFFER_LIMIT_BYTES:
+                    self.replayable = False
+                    self.body = []
+        elif stream is self.up:
+            self.resp_received += len(data)
+            if self.held is not None:
+                self.send_response_headers(self.held)
+            self.client.conn.send_data(self.client, data, end)
+
+    def on_sent(self, stream: Stream, length: int) -> None:
+        if stream is self.up:
+            self.sent += length
+            if self.sent > self.credited:
+                self.client.conn.credit(self.client, self.sent - self.credited)
+                self.credited = self.sent
+        elif stream is self.client and self.up is not None:
+            self.resp_credited += length
+            self.up.conn.credit(self.up, length)
+
+    def on_reset(self, stream: Stream, code: int, unprocessed: bool) -> None:
+        if stream is self.client:
+            self.cancel_attempt("CANCELLED")
+            self.finish()
+        elif stream is self.up and not self.finished:
+            self.up = None
+            if not self.answered and unprocessed:
+                self.attempt_failed(None, "the engine refused the stream")
+            elif not self.answered and code == CONNECTION_LOST:
+                self.attempt_failed(Failure.RESET, "connection to the engine reset")
+            elif code == CONNECTION_LOST:
+                self.count("UNAVAILABLE")
+                self.r.table.report_failure(self.alias, self.endpoint_id)
+                self.end_attempt()
+                self.respond_error(grpc.StatusCode.UNAVAILABLE, "connection to the engine lost")
+            else:
+                self.count("CANCELLED" if code == f.CANCEL else "INTERNAL")
+                self.end_attempt()
+                self.client.conn.reset(self.client, code)
+                self.finish()
+
+    @property
+    def endpoint_id(self) -> str:
+        return self.endpoint.id if self.endpoint is not None else ""
+
+    def count(self, code: str) -> None:
+        self.r.metrics.answered(self.alias, self.endpoint_id, code, time.monotonic() - self.started)
+
+    def on_trailers(self, headers: list[Header]) -> None:
+        code = grpc_status(headers)
+        self.count(code.name)
+        endpoint = self.endpoint
+        assert endpoint is not None
+        if code is grpc.StatusCode.OK:
+            self.r.table.report_success(self.alias, endpoint.id)
+        elif not self.responded and self.replayable and self.request_done:
+            if self.retry_after(Failure.ANSWERED, code):
+                return
+        elif self.r.forwarder.policy.ejects(Failure.ANSWERED, code):
+            self.r.table.report_failure(self.alias, endpoint.id)
+        client = self.client
+        if self.held is not None:
+            self.send_response_headers(self.held)
+        self.responded = True
+        client.conn.send_headers(client, f.encode_headers(headers), True)
+        self.cancel_attempt(None)  # RST only if we were still sending: the engine is done
+        if not client.remote_done:
+            client.conn.reset(client, f.NO_ERROR)
+        self.finish()
+
+    def retry_after(self, failure: Failure, code: grpc.StatusCode) -> bool:
+        """Eject if the policy says so; True when a new attempt was started."""
+        endpoint = self.endpoint
+        assert endpoint is not None
+        left = self.deadline - self.loop.time()
+        if not self.r.forwarder.after_failure(
+            self.method, self.alias, endpoint, failure, code, self.attempts, left
+        ):
+            return False
+        self.cancel_attempt(None)
+        self.exclude = self.exclude | {endpoint.id}
+        self.attempt()
+        return True
+
+    def attempt_failed(self, failure: Failure | None, message: str) -> None:
+        """No answer from the engine (`failure` None: the engine never saw the stream)."""
+        code = grpc.StatusCode.UNAVAILABLE
+        self.count(code.name)
+        if failure is None:
+            policy = self.r.forwarder.policy
+            if self.replayable and self.attempts < policy.max_attempts:
+                self.r.metrics.retried(self.alias, "refused")
+                self.cancel_attempt(None)
+                self.exclude = self.exclude | {self.endpoint_id}
+                self.attempt()
+                return
+        elif self.replayable and not self.responded:
+            if self.retry_after(failure, code):
+                return
+        elif self.r.forwarder.policy.ejects(failure, code):
+            self.r.table.report_failure(self.alias, self.endpoint_id)
+        self.cancel_attempt(None)
+        self.respond_error(code, message)
+
+    def on_deadline(self) -> None:
+        self.timer = None
+        if not self.finished:
+            self.cancel_attempt("DEADLINE_EXCEEDED")
+            self.respond_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+    def respond_error(self, code: grpc.StatusCode, message: str) -> None:
+        """End the call for the client with `code` (trailers-only if nothing was sent yet)."""
+        client = self.client
+        if not self.finished and client.conn.streams.get(client.id) is client:
+            client.conn.send_headers(client, status_block(code, message, not self.responded), True)
+            self.responded = True
+            if not client.remote_done:
+                client.conn.reset(client, f.NO_ERROR)
+        self.finish()
+
+    def cancel_attempt(self, counted_as: str | None) -> None:
+        """Stop the current attempt: RST_STREAM(CANCEL) upstream, count it if asked."""
+        up = self.up
+        if up is not None:
+            up.conn.reset(up, f.CANCEL)
+        if self.active and counted_as is not None:
+            self.count(counted_as)
+        self.end_attempt()
+
+    def end_attempt(self) -> None:
+        up, self.up = self.up, None
+        if up is not None and self.resp_received > self.resp_credited:
+            up.conn.credit(up, self.resp_received - self.resp_credited)  # dropped, not relayed
+        self.resp_received = self.resp_credited = 0
+        if self.active and self.endpoint is not None:
+            self.active = False
+            self.r.table.in_flight[self.endpoint.id] -= 1
+
+    def finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.end_attempt()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.body = []
+        if self.received > self.credited:  # received, never relayed: reopen the connection
+            self.client.conn.credit(self.client, self.received - self.credited)
+            self.credited = self.received

@@ -1,0 +1,111 @@
+"""HTTP/2 connections to engines, shared by every relayed call, opened on demand.
+
+One address may hold several connections: when every open one is full (the
+engine's SETTINGS_MAX_CONCURRENT_STREAMS) or draining (it sent GOAWAY), the next
+call opens another. Concurrent callers share one connect attempt per address, so
+a burst does not open a connection per call. A connection that fails is simply
+forgotten; the next call reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+
+from router.relay.connection import Connection, Flusher
+from router.relay.frames import Settings
+
+CONNECT_TIMEOUT_S = 2.0
+"""Longest wait for a TCP connection to an engine (capped by the call's deadline)."""
+_MAX_CONNECT_ROUNDS = 4
+
+
+class UpstreamPool:
+    """Engine address → its open client-side connections."""
+
+    def __init__(self, flusher: Flusher, settings: Settings) -> None:
+        self._flusher = flusher
+        self._settings = settings
+        self._connections: dict[str, list[Connection]] = {}
+        self._connecting: dict[str, asyncio.Task[Connection]] = {}
+        self._closed = False
+
+    def ready(self, address: str) -> Connection | None:
+        """An open connection to `address` that takes a new stream now, if any."""
+        for conn in self._connections.get(address, ()):
+            if conn.accepting:
+                return conn
+        return None
+
+    async def get(self, address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> Connection:
+        """A connection with room for a stream, opening one if needed (OSError, TimeoutError)."""
+        for _ in range(_MAX_CONNECT_ROUNDS):
+            conn = self.ready(address)
+            if conn is not None:
+                return conn
+            task = self._connecting.get(address)
+            if task is None:
+                task = asyncio.ensure_future(self._open(address, timeout_s))
+                self._connecting[address] = task
+                task.add_done_callback(lambda done: self._connected(address, done))
+            conn = await asyncio.shield(task)
+            if conn.accepting:
+                return conn
+        raise OSError(f"no connection to {address} takes a new stream")
+
+    def _connected(self, address: str, task: asyncio.Task[Connection]) -> None:
+        if self._connecting.get(address) is task:
+            del self._connecting[address]
+        if not task.cancelled():
+            task.exception()  # retrieved here: the waiting callers see it too
+
+    async def _open(self, address: str, timeout_s: float) -> Connection:
+        if self._closed:
+            raise OSError("the relay is closing")
+        host, _, port = address.rpartition(":")
+        loop = asyncio.get_running_loop()
+
+        def factory() -> Connection:
+            return Connection(self._flusher, self._settings, client_side=True)
+
+        async with asyncio.timeout(timeout_s):
+            _, conn = await loop.create_connection(factory, host.strip("[]"), int(port))
+        conn.on_closed = lambda c: self._forget(address, c)
+        self._connections.setdefault(address, []).append(conn)
+        return conn
+
+    def _forget(self, address: str, conn: Connection) -> None:
+        conns = self._connections.get(address)
+        if conns and conn in conns:
+            conns.remove(conn)
+            if not conns:
+                del self._connections[address]
+
+    def retain(self, addresses: Iterable[str]) -> None:
+        """Close connections to engines no longer in the view (after their streams end)."""
+        keep = set(addresses)
+        for address in [a for a in self._connections if a not in keep]:
+            for conn in self._connections.pop(address):
+                self._close_when_idle(conn)
+
+    @staticmethod
+    def _close_when_idle(conn: Connection) -> None:
+        if conn.streams:
+            conn.send_goaway()  # tells the engine we open nothing more; closed when drained
+        else:
+            conn.close()
+
+    def connection_count(self, address: str) -> int:
+        return len(self._connections.get(address, ()))
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in list(self._connecting.values()):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        for conns in list(self._connections.values()):
+            for conn in list(conns):
+                conn.close()
+        self._connections.clear()
