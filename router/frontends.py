@@ -86,11 +86,12 @@ class GrpcFrontend:
 
 
 class RelayFrontend:
-    """The HTTP/2 frame relay (`router.relay`)."""
+    """The HTTP/2 frame relay (`router.relay`); it answers grpc.health.v1 itself."""
 
     def __init__(self, core: RouterCore) -> None:
         self._core = core
         self._relay: RelayServer | None = None
+        self._serving = False
 
     @property
     def port(self) -> int:
@@ -103,9 +104,12 @@ class RelayFrontend:
             self._relay = await start_relay(self._core, host, port)
         except OSError as exc:
             raise ListenError(f"--listen: cannot listen on {listen}: {exc.strerror}") from None
+        self._relay.set_serving(self._serving)
 
     async def set_serving(self, serving: bool) -> None:
-        pass  # the relay answers no gRPC of its own; /readyz says it
+        self._serving = serving
+        if self._relay is not None:
+            self._relay.set_serving(serving)
 
     async def stop(self, grace_s: float) -> None:
         if self._relay is not None:

@@ -19,6 +19,9 @@ def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[
         ("grpc.keepalive_timeout_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        # Servers: accept a peer's keepalive pings on an idle connection (routers ping
+        # engines every 10 s) instead of answering GOAWAY "too_many_pings".
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ]
 
 

@@ -5,5 +5,6 @@ are, with HTTP/2 flow control carried across both hops as backpressure.
 """
 
 from router.relay.server import RelayServer, start_relay
+from router.relay.upstream import Keepalive
 
-__all__ = ["RelayServer", "start_relay"]
+__all__ = ["Keepalive", "RelayServer", "start_relay"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import cast
 
@@ -51,6 +52,9 @@ class Connection(asyncio.Protocol):
         self.goaway_received: int | None = None
         self.goaway_sent = False
         self.closed = False
+        self.last_received = time.monotonic()
+        self.ping_sent: float | None = None
+        """When our keepalive PING went out, until its ACK (see `upstream`)."""
         self.on_new_stream: Callable[[Stream, list[Header], bool], None] | None = None
         self.on_closed: Callable[[Connection], None] | None = None
         self._out: list[bytes] = []
@@ -97,6 +101,17 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def ping(self, now: float) -> None:
+        """A keepalive PING; its ACK clears `ping_sent`."""
+        self.ping_sent = now
+        self.write(f.frame(f.PING, 0, 0, f.KEEPALIVE_PING))
+
+    def abort(self, message: str) -> None:
+        """Drop the connection without flushing: the peer is gone, writes would only queue."""
+        log.info("relay: dropping an HTTP/2 connection: %s", message)
+        if self.transport is not None:
+            self.transport.abort()
+
     def send_goaway(self) -> None:
         """Graceful: no new streams; those up to the last seen still finish."""
         if not self.goaway_sent:
@@ -104,6 +119,7 @@ class Connection(asyncio.Protocol):
             self.write(f.goaway(self.last_peer_stream, f.NO_ERROR))
 
     def data_received(self, data: bytes) -> None:
+        self.last_received = time.monotonic()
         try:
             self._receive(data)
         except ProtocolError as error:
@@ -151,6 +167,8 @@ class Connection(asyncio.Protocol):
                 raise ProtocolError(f.FRAME_SIZE_ERROR, "bad PING")
             if not flags & f.ACK:
                 self.write(f.frame(f.PING, f.ACK, 0, payload))
+            elif payload == f.KEEPALIVE_PING:
+                self.ping_sent = None
         elif kind == f.RST_STREAM:
             if not sid or len(payload) != 4:
                 raise ProtocolError(f.PROTOCOL_ERROR, "bad RST_STREAM")

@@ -20,11 +20,14 @@ import grpc
 from router.endpoint import Endpoint
 from router.forward import ForwardError
 from router.relay import frames as f
+from router.relay import health
 from router.relay.connection import CONNECTION_LOST, Connection, Stream
 from router.relay.frames import Header
+from router.relay.grpcwire import MessageMeter, grpc_status, parse_request, status_block
 from router.relay.upstream import CONNECT_TIMEOUT_S, UpstreamPool
+from router.relay.watchdog import StreamWatchdog
 from router.retry import Failure
-from router.table import ALIAS_KEY, LANG_KEY, TENANT_KEY, RouteError
+from router.table import RouteError
 
 if TYPE_CHECKING:
     from router.core import RouterCore
@@ -32,56 +35,6 @@ if TYPE_CHECKING:
 BUFFER_LIMIT_BYTES = 1 << 20
 """Request bytes kept for a retry; a longer request is not retried once sent."""
 NO_DEADLINE = 1e18
-_HOP_BY_HOP = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
-)
-_STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
-_ALIAS, _TENANT, _LANG = ALIAS_KEY.encode(), TENANT_KEY.encode(), LANG_KEY.encode()
-
-
-def grpc_status(headers: list[Header]) -> grpc.StatusCode:
-    """The grpc-status in a trailer block (UNKNOWN when absent or malformed)."""
-    for key, value in headers:
-        if key == b"grpc-status":
-            return _STATUS_BY_NUMBER.get(int(value), grpc.StatusCode.UNKNOWN) if value.isdigit() \
-                else grpc.StatusCode.UNKNOWN  # fmt: skip
-    return grpc.StatusCode.UNKNOWN
-
-
-def status_block(code: grpc.StatusCode, message: str, trailers_only: bool) -> bytes:
-    """A gRPC error as trailers (after response headers) or as a trailers-only response."""
-    status = [
-        (b"grpc-status", str(code.value[0]).encode()),
-        (b"grpc-message", f.grpc_message(message)),
-    ]
-    if trailers_only:
-        status = [(b":status", b"200"), (b"content-type", b"application/grpc"), *status]
-    return f.encode_headers(status)
-
-
-def parse_request(
-    headers: list[Header],
-) -> tuple[bytes | None, str | None, str | None, str | None, float | None, list[Header]]:
-    """:path, alias, tenant, lang, grpc-timeout, and the headers to send on (no timeout)."""
-    path = alias = tenant = lang = None
-    timeout: float | None = None
-    forward: list[Header] = []
-    for key, value in headers:
-        if key == b":path":
-            path = value
-        elif key == b"grpc-timeout":
-            timeout = f.parse_grpc_timeout(value)
-            continue
-        elif key in _HOP_BY_HOP:
-            continue
-        elif key == _ALIAS:
-            alias = value.decode(errors="replace")
-        elif key == _TENANT:
-            tenant = value.decode(errors="replace")
-        elif key == _LANG:
-            lang = value.decode(errors="replace")
-        forward.append((key, value))
-    return path, alias, tenant, lang, timeout, forward
 
 
 class Relay:
@@ -95,10 +48,17 @@ class Relay:
         self.pool = pool
         self.unary = frozenset(core.config.unary_methods)
         self.idempotent = frozenset(core.forwarder.policy.idempotent_methods)
+        self.max_message = core.config.max_message_bytes
+        self.stream_timeouts = core.config.stream_timeouts()
+        self.serving = False
+        """What grpc.health.v1.Health/Check answers (the frontend sets it)."""
         self.tasks: set[asyncio.Task[None]] = set()
 
     def open_call(self, stream: Stream, headers: list[Header], end: bool) -> None:
         RelayCall(self, stream, end).start(headers)
+
+    def is_serving(self) -> bool:
+        return self.serving
 
     def spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
@@ -138,6 +98,9 @@ class RelayCall:
         self.held: list[Header] | None = None
         self.resp_received = 0
         self.resp_credited = 0
+        self.request_meter = MessageMeter(relay.max_message)
+        self.response_meter = MessageMeter(relay.max_message)
+        self.watchdog: StreamWatchdog | None = None
 
     def start(self, headers: list[Header]) -> None:
         self.client.handler = self
@@ -145,8 +108,12 @@ class RelayCall:
         if not path:
             self.client.conn.reset(self.client, f.PROTOCOL_ERROR)
             return
+        if path.startswith(health.PREFIX):
+            health.HealthCall(self.client, path, self.r.is_serving).start(self.request_done)
+            return
         self.method = path.decode(errors="replace")
-        if timeout is None and self.method in self.r.unary:
+        unary = self.method in self.r.unary
+        if timeout is None and unary:
             timeout = self.r.core.config.default_deadline_s
         try:
             self.aliases = self.r.table.route(alias, tenant, lang)
@@ -158,6 +125,10 @@ class RelayCall:
             self.deadline = self.loop.time() + timeout
             self.timer = self.loop.call_at(self.deadline, self.on_deadline)
         self.block = f.encode_headers(forward)
+        if not unary:
+            self.watchdog = StreamWatchdog(self.loop, self.r.stream_timeouts, self.on_watchdog)
+            if self.request_done:
+                self.watchdog.caller_sent()
         self.r.forwarder.budget.deposit()
         self.attempt()
 
@@ -197,6 +168,7 @@ class RelayCall:
     def open_upstream(self, conn: Connection) -> None:
         up = self.up = conn.open_stream(self)
         self.sent = self.resp_received = self.resp_credited = 0
+        self.response_meter.restart()
         block = self.block
         if self.deadline != NO_DEADLINE:
             left = self.deadline - self.loop.time()
@@ -225,6 +197,8 @@ class RelayCall:
 
     def on_request_trailers(self, headers: list[Header], end: bool) -> None:
         self.request_done = self.request_done or end
+        if end and self.watchdog is not None:
+            self.watchdog.caller_sent()
         if self.up is not None:
             self.up.conn.send_headers(self.up, f.encode_headers(headers), end)
 
@@ -237,22 +211,41 @@ class RelayCall:
 
     def on_data(self, stream: Stream, data: bytes, end: bool) -> None:
         if stream is self.client:
-            self.received += len(data)
-            self.request_done = self.request_done or end
-            up = self.up
-            if data and (self.replayable or up is None):
-                self.body.append(data)
-                self.body_bytes += len(data)
-            if up is not None:
-                up.conn.send_data(up, data, end)
-                if self.replayable and self.body_bytes > BUFFER_LIMIT_BYTES:
-                    self.replayable = False
-                    self.body = []
+            self.on_request_data(data, end)
         elif stream is self.up:
             self.resp_received += len(data)
+            if self.watchdog is not None and data:
+                self.watchdog.engine_sent()
+            too_long = self.response_meter.feed(data)
+            if too_long is not None:
+                self.message_too_long("response", too_long)
+                return
             if self.held is not None:
                 self.send_response_headers(self.held)
             self.client.conn.send_data(self.client, data, end)
+
+    def on_request_data(self, data: bytes, end: bool) -> None:
+        self.received += len(data)
+        if self.finished:  # refused (too long, timed out): drop what is still coming
+            self.client.conn.credit(self.client, len(data))
+            self.credited += len(data)
+            return
+        self.request_done = self.request_done or end
+        if self.watchdog is not None and (data or end):
+            self.watchdog.caller_sent()
+        too_long = self.request_meter.feed(data)
+        if too_long is not None:
+            self.message_too_long("request", too_long)
+            return
+        up = self.up
+        if data and (self.replayable or up is None):
+            self.body.append(data)
+            self.body_bytes += len(data)
+        if up is not None:
+            up.conn.send_data(up, data, end)
+            if self.replayable and self.body_bytes > BUFFER_LIMIT_BYTES:
+                self.replayable = False
+                self.body = []
 
     def on_sent(self, stream: Stream, length: int) -> None:
         if stream is self.up:
@@ -348,6 +341,25 @@ class RelayCall:
         self.cancel_attempt(None)
         self.respond_error(code, message)
 
+    def message_too_long(self, direction: str, length: int) -> None:
+        """A message over max_message_bytes: never forwarded, the call ends for both sides."""
+        limit = self.r.max_message
+        message = f"{direction} message larger than max ({length} vs. {limit} bytes)"
+        if direction == "response":
+            message += f" from engine {self.endpoint_id}"
+        else:
+            self.r.metrics.failed(grpc.StatusCode.RESOURCE_EXHAUSTED.name)
+        self.cancel_attempt(grpc.StatusCode.RESOURCE_EXHAUSTED.name)
+        self.respond_error(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+
+    def on_watchdog(self, what: str, limit: float) -> None:
+        """A stream timer ran out (see `router.streams`): cancel upstream, fail the call."""
+        self.watchdog = None
+        if not self.finished:
+            message = f"engine {self.endpoint_id} {what} {limit:g} s"
+            self.cancel_attempt(grpc.StatusCode.DEADLINE_EXCEEDED.name)
+            self.respond_error(grpc.StatusCode.DEADLINE_EXCEEDED, message)
+
     def on_deadline(self) -> None:
         self.timer = None
         if not self.finished:
@@ -390,6 +402,9 @@ class RelayCall:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.watchdog is not None:
+            self.watchdog.stop()
+            self.watchdog = None
         self.body = []
         if self.received > self.credited:  # received, never relayed: reopen the connection
             self.client.conn.credit(self.client, self.received - self.credited)

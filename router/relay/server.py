@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from router.relay.connection import Connection, Flusher
 from router.relay.frames import Settings
 from router.relay.relay import Relay
-from router.relay.upstream import UpstreamPool
+from router.relay.upstream import Keepalive, UpstreamPool
 
 if TYPE_CHECKING:
     from router.core import RouterCore
@@ -35,6 +35,10 @@ class RelayServer:
         self.port = 0
         self._retainer: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()
+
+    def set_serving(self, serving: bool) -> None:
+        """What grpc.health.v1.Health/Check answers on the relay's port."""
+        self.relay.serving = serving
 
     def accept(self) -> Connection:
         conn = Connection(self.flusher, self.settings, client_side=False)
@@ -81,12 +85,16 @@ class RelayServer:
 
 
 async def start_relay(
-    core: RouterCore, host: str, port: int, settings: Settings | None = None
+    core: RouterCore,
+    host: str,
+    port: int,
+    settings: Settings | None = None,
+    keepalive: Keepalive | None = None,
 ) -> RelayServer:
     """Listen on host:port (0: any free port) and relay every call through `core`."""
     settings = settings or Settings()
     flusher = Flusher()
-    relay = Relay(core, UpstreamPool(flusher, settings))
+    relay = Relay(core, UpstreamPool(flusher, settings, keepalive))
     server = RelayServer(relay, settings, flusher)
     loop = asyncio.get_running_loop()
     server.server = await loop.create_server(

@@ -5,13 +5,26 @@ engine's SETTINGS_MAX_CONCURRENT_STREAMS) or draining (it sent GOAWAY), the next
 call opens another. Concurrent callers share one connect attempt per address, so
 a burst does not open a connection per call. A connection that fails is simply
 forgotten; the next call reconnects.
+
+Keepalive: a connection with no call on it that has heard nothing from its
+engine for `Keepalive.interval_s` is sent a PING, and dropped when no ACK comes
+back within `Keepalive.timeout_s`, so an engine that vanished without a reset (a host
+gone, a partition) is noticed before a call is sent into the void. Why only
+idle connections: a gRPC server counts PINGs that arrive while it sends nothing
+as abuse and may drop the whole connection (GOAWAY too_many_pings), and a busy
+connection's calls are guarded by their deadlines and the stream watchdog. An
+engine on grpc's default ping policy still ends an idle connection after the
+third PING (about 40 s idle); that is harmless, the next call reopens one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
 
 from router.relay.connection import Connection, Flusher
 from router.relay.frames import Settings
@@ -21,15 +34,44 @@ CONNECT_TIMEOUT_S = 2.0
 _MAX_CONNECT_ROUNDS = 4
 
 
+@dataclass(frozen=True)
+class Keepalive:
+    """Keepalive PINGs on idle engine connections (see the module doc)."""
+
+    interval_s: float = 10.0
+    """Silence on an idle connection before a PING."""
+    timeout_s: float = 5.0
+    """Longest wait for the PING's ACK before the connection is dropped."""
+
+    @property
+    def tick_s(self) -> float:
+        """How often connections are looked at."""
+        return min(1.0, self.interval_s / 2, self.timeout_s / 2)
+
+    def action(
+        self, now: float, last_received: float, ping_sent: float | None, idle: bool
+    ) -> Literal["ping", "drop"] | None:
+        """What keepalive does to one connection at `now`: PING it, drop it, or nothing."""
+        if ping_sent is not None:
+            return "drop" if now - ping_sent >= self.timeout_s else None
+        if idle and now - last_received >= self.interval_s:
+            return "ping"
+        return None
+
+
 class UpstreamPool:
     """Engine address → its open client-side connections."""
 
-    def __init__(self, flusher: Flusher, settings: Settings) -> None:
+    def __init__(
+        self, flusher: Flusher, settings: Settings, keepalive: Keepalive | None = None
+    ) -> None:
         self._flusher = flusher
         self._settings = settings
+        self.keepalive = keepalive or Keepalive()
         self._connections: dict[str, list[Connection]] = {}
         self._connecting: dict[str, asyncio.Task[Connection]] = {}
         self._closed = False
+        self._keepalive: asyncio.Task[None] | None = None
 
     def ready(self, address: str) -> Connection | None:
         """An open connection to `address` that takes a new stream now, if any."""
@@ -73,7 +115,25 @@ class UpstreamPool:
             _, conn = await loop.create_connection(factory, host.strip("[]"), int(port))
         conn.on_closed = lambda c: self._forget(address, c)
         self._connections.setdefault(address, []).append(conn)
+        if self._keepalive is None:
+            self._keepalive = asyncio.create_task(self._keep_alive())
         return conn
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(self.keepalive.tick_s)
+            now = time.monotonic()
+            for conns in list(self._connections.values()):
+                for conn in list(conns):
+                    self.keep_alive(conn, now)
+
+    def keep_alive(self, conn: Connection, now: float) -> None:
+        """One keepalive step for `conn` (see the module doc)."""
+        action = self.keepalive.action(now, conn.last_received, conn.ping_sent, not conn.streams)
+        if action == "ping":
+            conn.ping(now)
+        elif action == "drop":
+            conn.abort(f"no PING ACK within {self.keepalive.timeout_s:g} s")
 
     def _forget(self, address: str, conn: Connection) -> None:
         conns = self._connections.get(address)
@@ -101,6 +161,10 @@ class UpstreamPool:
 
     async def close(self) -> None:
         self._closed = True
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keepalive
         for task in list(self._connecting.values()):
             task.cancel()
             with contextlib.suppress(BaseException):

@@ -6,6 +6,11 @@ waits (bounded) until every router routes to every engine each alias selects.
 It stops everything afterwards: SIGTERM to all at once, SIGKILL for stragglers.
 Test modules wrap it in a module-scoped fixture so one stack serves many tests.
 
+To run a suite against both data paths cheaply, a spec names one router per
+path (`each_data_path`) in the same stack, so engines and registry are shared,
+and a module-scoped fixture parametrized over `DATA_PATHS` hands each test the
+stack `on` one of them.
+
 Also here: a port that refuses connections (for a fake instance), a scraper
 that turns a router's /metrics into numbers, the engines' /stats, and metadata
 helpers for the routing keys.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import re
 import socket
@@ -51,6 +57,13 @@ SERVER_STREAM = method_path("ServerStream")
 BIDI = method_path("Bidi")
 
 Metadata = tuple[tuple[str, str | bytes], ...]
+DATA_PATHS = ("grpc", "relay")
+"""The router's data paths (`--data-path`); `each_data_path` names a router after each."""
+
+
+def each_data_path(flags: Sequence[str] = ()) -> dict[str, list[str]]:
+    """`StackSpec.routers` for one router per data path, each with `flags`."""
+    return {path: [*flags, "--data-path", path] for path in DATA_PATHS}
 
 
 @dataclass(frozen=True)
@@ -81,9 +94,16 @@ class EchoStack:
     engines: dict[str, RunningProcess]
     routers: dict[str, RunningProcess]
     processes: list[RunningProcess]
+    default_router: str = "main"
+    """The router that `router()` and `metrics_async()` mean when given no name."""
 
-    def router(self, name: str = "main") -> RunningProcess:
-        return self.routers[name]
+    def on(self, router: str) -> EchoStack:
+        """The same stack, with `router` as the default one."""
+        assert router in self.routers, f"no router {router!r} in {sorted(self.routers)}"
+        return dataclasses.replace(self, default_router=router)
+
+    def router(self, name: str | None = None) -> RunningProcess:
+        return self.routers[name or self.default_router]
 
     def stats(self, instance_id: str) -> dict[str, Any]:
         """The engine's /stats: calls, cancelled and deadlines, by method name."""
@@ -104,9 +124,9 @@ class EchoStack:
         """`stats` off the event loop."""
         return await asyncio.to_thread(self.stats, instance_id)
 
-    async def metrics_async(self, router: str = "main") -> Samples:
+    async def metrics_async(self, router: str | None = None) -> Samples:
         """The router's /metrics, scraped off the event loop."""
-        return await asyncio.to_thread(scrape_metrics, self.routers[router].http)
+        return await asyncio.to_thread(scrape_metrics, self.router(router).http)
 
     def describe(self) -> str:
         """Every process's output tail, for a failure message."""

@@ -14,11 +14,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.processes import wait_until
 from tests.support.router_harness import (
+    DATA_PATHS,
     UNARY,
     EchoStack,
     EngineSpec,
     StackSpec,
     alias_key,
+    each_data_path,
     echo_stack,
     http_get,
     http_json,
@@ -35,14 +37,21 @@ SPEC = StackSpec(
     engines=[EngineSpec(ENGINE, LABELS, weight=70), EngineSpec(LEAVER, {"lang": "de"})],
     aliases={"echo-en": "lang=en", "empty": "lang=fr", "leaving": "lang=de"},
     tenants={("acme", "en"): ["echo-en"]},
-    routers={"main": []},
+    routers=each_data_path(),
 )
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EchoStack]:
+def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EchoStack]:
+    """One stack, one router per data path."""
     with echo_stack(tmp_path_factory.mktemp("http"), SPEC) as running:
         yield running
+
+
+@pytest.fixture(scope="module", params=DATA_PATHS)
+def stack(stacks: EchoStack, request: pytest.FixtureRequest) -> EchoStack:
+    """The stack, its default router the one on the data path under test."""
+    return stacks.on(request.param)
 
 
 @pytest.fixture
@@ -123,17 +132,22 @@ async def test_grpc_health_check_answers_serving(channel: grpc.aio.Channel) -> N
     health = health_pb2_grpc.HealthStub(channel)
     answer = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=5)
+    assert caught.value.code() is grpc.StatusCode.NOT_FOUND
 
 
-def test_an_instance_that_stopped_gracefully_is_no_longer_resolved(stack: EchoStack) -> None:
-    router = stack.router().http
-    status, body = http_json(router, "/v1/resolve?alias=leaving")
-    assert (status, body["instance"]["id"]) == (200, LEAVER)
-    leaver = stack.engines[LEAVER]
+def test_an_instance_that_stopped_gracefully_is_no_longer_resolved(stacks: EchoStack) -> None:
+    # Not per data path: the engine can leave once; every router must see it go.
+    routers = [stacks.router(name).http for name in stacks.routers]
+    for router in routers:
+        status, body = http_json(router, "/v1/resolve?alias=leaving")
+        assert (status, body["instance"]["id"]) == (200, LEAVER)
+    leaver = stacks.engines[LEAVER]
     leaver.terminate()  # SIGTERM: drain, deregister, exit
     assert leaver.wait(timeout_s=10) == 0, leaver.describe("the engine did not stop cleanly")
 
-    def state() -> str:
+    def state(router: str) -> str:
         samples = scrape_metrics(router)
         return (
             f"/v1/resolve answers {http_get(router, '/v1/resolve?alias=leaving')}, "
@@ -142,8 +156,9 @@ def test_an_instance_that_stopped_gracefully_is_no_longer_resolved(stack: EchoSt
 
     # A deregistration is final: the pool empties rather than keep a gone engine as
     # its last resort, and the router says so instead of naming a closed address.
-    wait_until(
-        lambda: http_get(router, "/v1/resolve?alias=leaving")[0] == 503,
-        3.0,
-        lambda: f"the router still routes to {LEAVER} after it deregistered: {state()}",
-    )
+    for router in routers:
+        wait_until(
+            lambda r=router: http_get(r, "/v1/resolve?alias=leaving")[0] == 503,  # type: ignore[misc]
+            3.0,
+            lambda r=router: f"{r} still routes to {LEAVER} after it deregistered: {state(r)}",  # type: ignore[misc]
+        )

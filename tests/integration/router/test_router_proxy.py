@@ -20,6 +20,7 @@ from tests.support.processes import wait_until_async
 from tests.support.router_harness import (
     BIDI,
     CLIENT_STREAM,
+    DATA_PATHS,
     MUTATE,
     SERVER_STREAM,
     UNARY,
@@ -28,6 +29,7 @@ from tests.support.router_harness import (
     Metadata,
     StackSpec,
     alias_key,
+    each_data_path,
     echo_stack,
     pairs,
     trailer,
@@ -41,12 +43,12 @@ SPEC = StackSpec(
     engines=[EngineSpec(ENGINE, {"lang": "zh", "tier": "idc"})],
     aliases={"echo": "lang=zh", "empty": "lang=fr"},
     tenants={("acme", "zh"): ["echo"]},
-    routers={
-        "main": [
+    routers=each_data_path(
+        [
             *("--unary-methods", f"{UNARY},{MUTATE}"),
             *("--default-deadline-s", str(DEFAULT_DEADLINE_S)),
         ]
-    },
+    ),
 )
 PAYLOAD = bytes(range(256))
 ECHOED: Metadata = (
@@ -59,9 +61,16 @@ SLACK_S = 0.05
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EchoStack]:
+def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EchoStack]:
+    """One stack, one router per data path."""
     with echo_stack(tmp_path_factory.mktemp("proxy"), SPEC) as running:
         yield running
+
+
+@pytest.fixture(scope="module", params=DATA_PATHS)
+def stack(stacks: EchoStack, request: pytest.FixtureRequest) -> EchoStack:
+    """The stack, its default router the one on the data path under test."""
+    return stacks.on(request.param)
 
 
 @pytest.fixture

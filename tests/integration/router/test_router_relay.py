@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import grpc
 import pytest
 import pytest_asyncio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router.config import RouterConfig
 from router.core import RouterCore, build_core
-from router.relay import RelayServer, start_relay
+from router.relay import Keepalive, RelayServer, start_relay
 from tests.support.processes import wait_until_async
 from tests.support.router_harness import (
     BIDI,
@@ -241,6 +242,76 @@ async def test_a_3_mib_message_flows_both_ways(channel: grpc.aio.Channel) -> Non
     payload = bytes(range(256)) * (3 * MiB // 256)
     answer = await unary(channel)(payload, metadata=alias_key("echo"), timeout=20)
     assert answer.split(b"|", 1)[1] == payload
+
+
+async def test_a_request_message_over_the_limit_is_refused_before_any_byte_reaches_an_engine(
+    relayed: Relayed, channel: grpc.aio.Channel
+) -> None:
+    limit = relayed.core.config.max_message_bytes
+    before = await relayed.stack.calls_async("Mutate")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await unary(channel, MUTATE)(b"x" * (limit + 1), metadata=alias_key("echo"), timeout=20)
+    assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (
+        caught.value.details() == f"request message larger than max ({limit + 1} vs. {limit} bytes)"
+    )
+    assert await relayed.stack.calls_async("Mutate") == before
+    answer = await unary(channel)(b"after", metadata=alias_key("echo"), timeout=WAIT_S)
+    assert answer.endswith(b"|after"), "the connection still carries other calls"
+
+
+async def test_a_response_message_over_the_limit_is_refused_naming_the_engine(
+    relayed: Relayed, channel: grpc.aio.Channel
+) -> None:
+    limit = relayed.core.config.max_message_bytes
+    request = b"y" * (limit - 4)  # within the limit; the engine's "<id>|" prefix is not
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await unary(channel, MUTATE)(request, metadata=alias_key("echo"), timeout=20)
+    assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    details = caught.value.details() or ""
+    assert details.startswith(f"response message larger than max ({limit - 4 + 9} vs. {limit} ")
+    assert details.rsplit(" ", 1)[1] in ECHO, details
+
+
+async def test_health_check_follows_the_serving_state(
+    relayed: Relayed, channel: grpc.aio.Channel
+) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    request = health_pb2.HealthCheckRequest(service="")
+    status = health_pb2.HealthCheckResponse
+    try:
+        relayed.relay.set_serving(True)
+        assert (await health.Check(request, timeout=WAIT_S)).status == status.SERVING
+        relayed.relay.set_serving(False)  # stopping
+        assert (await health.Check(request, timeout=WAIT_S)).status == status.NOT_SERVING
+    finally:
+        relayed.relay.set_serving(True)
+    watch = health.Watch(request, timeout=WAIT_S)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await watch.read()
+    assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_keepalive_drops_an_idle_connection_whose_engine_stopped_answering(
+    relayed: Relayed, black_hole: str
+) -> None:
+    keepalive = Keepalive(interval_s=0.3, timeout_s=0.3)
+    second = await start_relay(relayed.core, "127.0.0.1", 0, keepalive=keepalive)
+    pool = second.relay.pool
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as opened:
+            with pytest.raises(grpc.aio.AioRpcError):  # the hole takes TCP, never answers
+                await unary(opened)(b"x", metadata=alias_key("hole"), timeout=0.3)
+            assert pool.connection_count(black_hole) == 1
+            started = time.monotonic()
+            await wait_until_async(
+                lambda: pool.connection_count(black_hole) == 0,
+                WAIT_S,
+                "the relay kept a connection whose PINGs went unanswered",
+            )
+            assert time.monotonic() - started < 2.0
+    finally:
+        await second.close(0.0)
 
 
 async def test_200_concurrent_calls(channel: grpc.aio.Channel) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from tests.support.router_harness import (
     CLIENT_STREAM,
+    DATA_PATHS,
     MUTATE,
     SERVER_STREAM,
     UNARY,
@@ -24,6 +25,7 @@ from tests.support.router_harness import (
     RefusingPort,
     StackSpec,
     alias_key,
+    each_data_path,
     echo_stack,
     metric,
     trailer,
@@ -52,7 +54,8 @@ CALLS_PER_TEST = 4
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EchoStack]:
+def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EchoStack]:
+    """One stack, one router per data path."""
     with RefusingPort() as refusing:
         spec = StackSpec(
             engines=[
@@ -62,10 +65,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EchoStack]:
                 EngineSpec(FAKE, {"lang": "zh", "member": "fake"}, advertise=refusing.address),
             ],
             aliases=ALIASES,
-            routers={"main": ROUTER_FLAGS},
+            routers=each_data_path(ROUTER_FLAGS),
         )
         with echo_stack(tmp_path_factory.mktemp("retries"), spec) as running:
             yield running
+
+
+@pytest.fixture(scope="module", params=DATA_PATHS)
+def stack(stacks: EchoStack, request: pytest.FixtureRequest) -> EchoStack:
+    """The stack, its default router the one on the data path under test."""
+    return stacks.on(request.param)
 
 
 @pytest.fixture

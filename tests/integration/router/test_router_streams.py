@@ -19,6 +19,7 @@ from tests.support.processes import wait_until_async
 from tests.support.router_harness import (
     BIDI,
     CLIENT_STREAM,
+    DATA_PATHS,
     SERVER_STREAM,
     UNARY,
     EchoStack,
@@ -26,6 +27,7 @@ from tests.support.router_harness import (
     Metadata,
     StackSpec,
     alias_key,
+    each_data_path,
     echo_stack,
     pairs,
     trailer,
@@ -39,12 +41,12 @@ IDLE_S = 1.0
 SPEC = StackSpec(
     engines=[EngineSpec(ENGINE, {"lang": "zh"})],
     aliases={"echo": "lang=zh"},
-    routers={
-        "main": [
+    routers=each_data_path(
+        [
             *("--stream-first-response-s", str(FIRST_RESPONSE_S)),
             *("--stream-idle-s", str(IDLE_S)),
         ]
-    },
+    ),
 )
 ECHOED: Metadata = (("x-echo-trace", "t-42"), ("x-echo-token-bin", b"\x01\x02\xfe"))
 WAIT_S = 5.0
@@ -53,9 +55,16 @@ READ_S = 3.0
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EchoStack]:
+def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EchoStack]:
+    """One stack, one router per data path."""
     with echo_stack(tmp_path_factory.mktemp("streams"), SPEC) as running:
         yield running
+
+
+@pytest.fixture(scope="module", params=DATA_PATHS)
+def stack(stacks: EchoStack, request: pytest.FixtureRequest) -> EchoStack:
+    """The stack, its default router the one on the data path under test."""
+    return stacks.on(request.param)
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
-"""The relay's HTTP/2 frame codec, literal HPACK encoding and flow-control arithmetic.
+"""The relay's HTTP/2 frame codec, literal HPACK encoding, flow control, and its gRPC rules.
 
-Pure functions first; then one `Connection` driven with bytes through a fake
-transport (no sockets) to check windows, queueing and protocol errors end to end.
+Pure functions first (frames, windows, message prefixes, stream timers,
+keepalive decisions); then one `Connection` driven with bytes through a fake
+transport (no sockets) to check windows, queueing, protocol errors, keepalive
+PINGs and the local health service end to end.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 from hpack import Decoder, Encoder
 from hypothesis import given
 from hypothesis import strategies as st
@@ -17,6 +21,11 @@ from hypothesis import strategies as st
 from router.relay import frames as f
 from router.relay.connection import Connection, Flusher, Stream
 from router.relay.frames import ProtocolError, RecvWindow, SendWindow, Settings
+from router.relay.grpcwire import MessageMeter, message
+from router.relay.health import CHECK, HealthCall
+from router.relay.upstream import Keepalive, UpstreamPool
+from router.relay.watchdog import FIRST_RESPONSE, IDLE, expired
+from router.streams import StreamTimeouts
 
 # ---- frames ------------------------------------------------------------------
 
@@ -152,6 +161,68 @@ def test_recv_window_credits_back_in_batches_only_what_was_passed_on() -> None:
     assert caught.value.code == f.FLOW_CONTROL_ERROR
 
 
+# ---- gRPC message prefixes ---------------------------------------------------------
+
+
+@given(
+    sizes=st.lists(st.integers(0, 300), max_size=6),
+    cut=st.lists(st.integers(1, 50), min_size=1, max_size=5),
+)
+def test_meter_follows_messages_cut_anywhere_and_passes_those_within_the_limit(
+    sizes: list[int], cut: list[int]
+) -> None:
+    stream = b"".join(message(b"m" * size) for size in sizes)
+    meter = MessageMeter(300)
+    pos, index = 0, 0
+    while pos < len(stream):
+        step = cut[index % len(cut)]
+        assert meter.feed(stream[pos : pos + step]) is None
+        pos, index = pos + step, index + 1
+    assert (meter.left, meter.partial) == (0, b"")  # at a boundary after the last one
+
+
+@pytest.mark.parametrize("cut", [1, 3, 5, 6, 1000])
+def test_meter_names_the_first_message_over_the_limit_wherever_its_prefix_is_cut(
+    cut: int,
+) -> None:
+    stream = message(b"a" * 10) + message(b"b" * 101) + message(b"c")
+    meter = MessageMeter(100)
+    found = [meter.feed(stream[pos : pos + cut]) for pos in range(0, len(stream), cut)]
+    assert next(length for length in found if length is not None) == 101
+
+
+# ---- stream timers and keepalive decisions -----------------------------------------
+
+TIMERS = StreamTimeouts(first_response_s=2.0, idle_s=5.0)
+
+
+@pytest.mark.parametrize(
+    ("spoke", "answered", "silence", "verdict"),
+    [
+        (False, False, 4.9, None),  # nothing sent yet: only the idle timer runs
+        (False, False, 5.0, (IDLE, 5.0)),
+        (True, False, 1.9, None),
+        (True, False, 2.0, (FIRST_RESPONSE, 2.0)),  # the caller spoke, the engine did not
+        (True, True, 4.0, None),  # answered: back to the idle timer
+        (True, True, 5.0, (IDLE, 5.0)),
+        (False, True, 5.0, (IDLE, 5.0)),  # the engine spoke first
+    ],
+)
+def test_stream_timer_that_runs_depends_on_who_spoke(
+    spoke: bool, answered: bool, silence: float, verdict: tuple[str, float] | None
+) -> None:
+    assert expired(100.0 + silence, 100.0, spoke, answered, TIMERS) == verdict
+
+
+def test_keepalive_pings_only_idle_silent_connections_and_drops_one_without_ack() -> None:
+    keepalive = Keepalive(interval_s=10.0, timeout_s=5.0)
+    assert keepalive.action(19.9, 10.0, None, idle=True) is None
+    assert keepalive.action(20.0, 10.0, None, idle=True) == "ping"
+    assert keepalive.action(60.0, 10.0, None, idle=False) is None  # calls guard themselves
+    assert keepalive.action(24.9, 10.0, 20.0, idle=True) is None
+    assert keepalive.action(25.0, 10.0, 20.0, idle=True) == "drop"
+
+
 # ---- one connection, bytes in and out --------------------------------------------
 
 
@@ -165,6 +236,9 @@ class FakeTransport(asyncio.Transport):
         self.out += data
 
     def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
         self.closed = True
 
     def frames(self) -> list[f.Frame]:
@@ -272,3 +346,60 @@ async def test_long_header_block_is_split_into_continuations() -> None:
         (f.CONTINUATION, f.END_HEADERS),
     ]
     assert b"".join(fr.payload for fr in parsed) == block
+
+
+async def test_keepalive_pings_an_idle_connection_and_drops_it_without_an_ack() -> None:
+    pool = UpstreamPool(Flusher(), Settings(), Keepalive(interval_s=10.0, timeout_s=5.0))
+    conn, transport = upstream()
+    conn.last_received = 100.0
+    pool.keep_alive(conn, 110.0)
+    conn.flush()
+    (ping,) = transport.frames()
+    assert (ping.type, ping.flags, ping.payload) == (f.PING, 0, f.KEEPALIVE_PING)
+    conn.data_received(f.frame(f.PING, f.ACK, 0, f.KEEPALIVE_PING))
+    pool.keep_alive(conn, 116.0)
+    assert not transport.closed, "the ACK came back: the engine is there"
+    conn.last_received = 100.0
+    pool.keep_alive(conn, 120.0)
+    pool.keep_alive(conn, 125.0)
+    assert transport.closed
+
+
+def health_request(conn: Connection, transport: FakeTransport, path: bytes, body: bytes) -> Any:
+    """Send one health call on a server-side connection; its (headers, messages) frames."""
+    opened: list[Stream] = []
+    conn.on_new_stream = lambda stream, headers, end: opened.append(stream)
+    block = f.encode_headers([(b":path", path)])
+    conn.data_received(f.frame(f.HEADERS, f.END_HEADERS, 1, block))
+    HealthCall(opened[0], path, lambda: True).start(False)
+    conn.data_received(f.frame(f.DATA, f.END_STREAM, 1, body))
+    conn.flush()
+    decoder = Decoder()
+    frames = [fr for fr in transport.frames() if fr.stream_id == 1]
+    blocks = [dict(decoder.decode(fr.payload, raw=True)) for fr in frames if fr.type == f.HEADERS]
+    return blocks, [fr.payload for fr in frames if fr.type == f.DATA]
+
+
+async def test_health_check_is_answered_by_the_relay_itself() -> None:
+    conn = Connection(Flusher(), Settings(), client_side=False)
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    conn.data_received(f.PREFACE)
+    transport.frames()
+    request = message(health_pb2.HealthCheckRequest(service="").SerializeToString())
+    blocks, messages = health_request(conn, transport, CHECK, request)
+    assert blocks[-1][b"grpc-status"] == b"0"
+    answer = health_pb2.HealthCheckResponse.FromString(messages[0][5:])
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_health_watch_is_unimplemented() -> None:
+    conn = Connection(Flusher(), Settings(), client_side=False)
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    conn.data_received(f.PREFACE)
+    transport.frames()
+    request = message(health_pb2.HealthCheckRequest(service="").SerializeToString())
+    blocks, messages = health_request(conn, transport, b"/grpc.health.v1.Health/Watch", request)
+    code = str(grpc.StatusCode.UNIMPLEMENTED.value[0]).encode()
+    assert (blocks[-1][b"grpc-status"], messages) == (code, [])

@@ -1,0 +1,121 @@
+"""gRPC on top of HTTP/2, as much as the relay reads: request headers, statuses, message prefixes.
+
+The relay never decodes a message; it only reads each one's 5-byte prefix
+(compressed flag, 32-bit length) as DATA passes, to enforce the size limit
+before a byte of an oversized message is forwarded.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from router.relay import frames as f
+from router.relay.frames import Header
+from router.table import ALIAS_KEY, LANG_KEY, TENANT_KEY
+
+PREFIX_SIZE = 5
+"""A gRPC message's prefix: one flag byte, then the length (big-endian u32)."""
+_HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
+)
+_STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+_ALIAS, _TENANT, _LANG = ALIAS_KEY.encode(), TENANT_KEY.encode(), LANG_KEY.encode()
+RESPONSE_HEADERS = f.encode_headers([(b":status", b"200"), (b"content-type", b"application/grpc")])
+OK_TRAILERS = f.encode_headers([(b"grpc-status", b"0")])
+
+
+def grpc_status(headers: list[Header]) -> grpc.StatusCode:
+    """The grpc-status in a trailer block (UNKNOWN when absent or malformed)."""
+    for key, value in headers:
+        if key == b"grpc-status":
+            return _STATUS_BY_NUMBER.get(int(value), grpc.StatusCode.UNKNOWN) if value.isdigit() \
+                else grpc.StatusCode.UNKNOWN  # fmt: skip
+    return grpc.StatusCode.UNKNOWN
+
+
+def status_block(code: grpc.StatusCode, message: str, trailers_only: bool) -> bytes:
+    """A gRPC error as trailers (after response headers) or as a trailers-only response."""
+    status = [
+        (b"grpc-status", str(code.value[0]).encode()),
+        (b"grpc-message", f.grpc_message(message)),
+    ]
+    if trailers_only:
+        status = [(b":status", b"200"), (b"content-type", b"application/grpc"), *status]
+    return f.encode_headers(status)
+
+
+def parse_request(
+    headers: list[Header],
+) -> tuple[bytes | None, str | None, str | None, str | None, float | None, list[Header]]:
+    """:path, alias, tenant, lang, grpc-timeout, and the headers to send on (no timeout)."""
+    path = alias = tenant = lang = None
+    timeout: float | None = None
+    forward: list[Header] = []
+    for key, value in headers:
+        if key == b":path":
+            path = value
+        elif key == b"grpc-timeout":
+            timeout = f.parse_grpc_timeout(value)
+            continue
+        elif key in _HOP_BY_HOP:
+            continue
+        elif key == _ALIAS:
+            alias = value.decode(errors="replace")
+        elif key == _TENANT:
+            tenant = value.decode(errors="replace")
+        elif key == _LANG:
+            lang = value.decode(errors="replace")
+        forward.append((key, value))
+    return path, alias, tenant, lang, timeout, forward
+
+
+def message(payload: bytes) -> bytes:
+    """One uncompressed gRPC message: prefix and payload."""
+    return b"\x00" + len(payload).to_bytes(4, "big") + payload
+
+
+class MessageMeter:
+    """Follows the message boundaries in one direction of a stream and checks each length.
+
+    DATA frames cut messages anywhere, even inside a prefix, so the meter keeps
+    how much of the current message is still to come and any partial prefix.
+    """
+
+    __slots__ = ("left", "limit", "partial")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = 0
+        """Bytes of the current message's payload not seen yet."""
+        self.partial = b""
+        """The start of a prefix cut by a frame boundary."""
+
+    def restart(self) -> None:
+        """A new stream (another attempt) starts at a message boundary."""
+        self.left = 0
+        self.partial = b""
+
+    def feed(self, data: bytes) -> int | None:
+        """Walk `data`; the length of the first message over the limit, or None."""
+        pos, size = 0, len(data)
+        while pos < size:
+            if self.left:
+                step = min(self.left, size - pos)
+                self.left -= step
+                pos += step
+                continue
+            if not self.partial and size - pos >= PREFIX_SIZE:  # the usual case: no copy
+                length = int.from_bytes(data[pos + 1 : pos + PREFIX_SIZE], "big")
+                pos += PREFIX_SIZE
+            else:
+                prefix = self.partial + data[pos : pos + PREFIX_SIZE - len(self.partial)]
+                pos += len(prefix) - len(self.partial)
+                if len(prefix) < PREFIX_SIZE:
+                    self.partial = prefix
+                    return None
+                self.partial = b""
+                length = int.from_bytes(prefix[1:], "big")
+            if length > self.limit:
+                return length
+            self.left = length
+        return None

@@ -1,0 +1,103 @@
+"""grpc.health.v1.Health answered by the relay itself, on its own port, as the grpc frontend does.
+
+Check on the whole server (service "") says SERVING once the router serves and
+NOT_SERVING while it stops; any other service is NOT_FOUND. Watch and any other
+method of the service are UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2
+
+from router.relay import frames as f
+from router.relay import grpcwire
+from router.relay.frames import Header
+from router.relay.stream import Stream
+
+PREFIX = b"/grpc.health.v1.Health/"
+CHECK = PREFIX + b"Check"
+MAX_REQUEST_BYTES = 4096
+"""A HealthCheckRequest is a service name: anything longer is refused."""
+_SERVING = grpcwire.message(
+    health_pb2.HealthCheckResponse(
+        status=health_pb2.HealthCheckResponse.SERVING
+    ).SerializeToString()
+)
+_NOT_SERVING = grpcwire.message(
+    health_pb2.HealthCheckResponse(
+        status=health_pb2.HealthCheckResponse.NOT_SERVING
+    ).SerializeToString()
+)
+
+
+class HealthCall:
+    """One call to the health service (the client stream's handler)."""
+
+    def __init__(self, stream: Stream, path: bytes, serving: Callable[[], bool]) -> None:
+        self.stream = stream
+        self.path = path
+        self.serving = serving
+        self.body = b""
+        self.done = False
+        stream.handler = self
+
+    def start(self, end: bool) -> None:
+        if self.path != CHECK:
+            name = self.path.decode(errors="replace")
+            self.fail(grpc.StatusCode.UNIMPLEMENTED, f"method {name} is not served by the router")
+        elif end:
+            self.answer()
+
+    def on_headers(self, stream: Stream, headers: list[Header], end: bool) -> None:
+        if end:
+            self.answer()
+
+    def on_data(self, stream: Stream, data: bytes, end: bool) -> None:
+        stream.conn.credit(stream, len(data))
+        if self.done:
+            return
+        self.body += data
+        if len(self.body) > MAX_REQUEST_BYTES:
+            limit = MAX_REQUEST_BYTES
+            self.fail(grpc.StatusCode.RESOURCE_EXHAUSTED, f"health check over {limit} bytes")
+        elif end:
+            self.answer()
+
+    def on_sent(self, stream: Stream, length: int) -> None:
+        pass
+
+    def on_reset(self, stream: Stream, code: int, unprocessed: bool) -> None:
+        self.done = True
+
+    def answer(self) -> None:
+        if self.done:
+            return
+        body = self.body
+        length = int.from_bytes(body[1:5], "big") if len(body) >= 5 else -1
+        try:
+            if length != len(body) - 5 or body[0] != 0:
+                raise DecodeError("not one uncompressed message")
+            request = health_pb2.HealthCheckRequest.FromString(body[5:])
+        except DecodeError as error:
+            self.fail(grpc.StatusCode.INVALID_ARGUMENT, f"bad HealthCheckRequest: {error}")
+            return
+        if request.service:
+            self.fail(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+            return
+        self.done = True
+        conn, stream = self.stream.conn, self.stream
+        conn.send_headers(stream, grpcwire.RESPONSE_HEADERS, False)
+        conn.send_data(stream, _SERVING if self.serving() else _NOT_SERVING, False)
+        conn.send_headers(stream, grpcwire.OK_TRAILERS, True)
+
+    def fail(self, code: grpc.StatusCode, message: str) -> None:
+        self.done = True
+        conn, stream = self.stream.conn, self.stream
+        if conn.streams.get(stream.id) is stream:
+            conn.send_headers(stream, grpcwire.status_block(code, message, True), True)
+            if not stream.remote_done:
+                conn.reset(stream, f.NO_ERROR)  # we need nothing more of the request
