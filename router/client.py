@@ -23,8 +23,8 @@ from router.config import RouterConfig
 from router.core import RouterCore, build_core
 from router.endpoint import Endpoint
 from router.forward import ForwardError
-from router.metadata import Metadata, split_metadata
-from router.table import ALIAS_KEY, LANG_KEY, TENANT_KEY, RouteError
+from router.metadata import Metadata
+from router.table import RouteError
 from tidepool.engine.v1 import evaluator_pb2
 
 EVALUATE = "/tidepool.engine.v1.Evaluator/Evaluate"
@@ -134,21 +134,21 @@ class RouterClient:
         timeout: float | None = None,  # noqa: ASYNC109 - the call's deadline, passed on
         metadata: Metadata = (),
     ) -> bytes:
-        """Call a unary `method` with serialized `request`; the serialized response."""
+        """Call a unary `method` with serialized `request`; the serialized response.
+
+        The routing key picks the engine here and is not sent to it; `metadata`
+        goes to the engine as given.
+        """
         core = self.core
-        routing: list[tuple[str, str | bytes]] = list(metadata)
-        for key, value in ((ALIAS_KEY, alias), (TENANT_KEY, tenant), (LANG_KEY, lang)):
-            if value:
-                routing.append((key, value))
-        routed = split_metadata(routing)
         try:
-            aliases = core.table.route(routed.alias, routed.tenant, routed.lang)
+            aliases = core.table.route(alias, tenant, lang)
             answer = await core.forwarder.unary(
                 method,
                 request,
                 aliases,
-                routed.forward,
+                metadata,
                 timeout if timeout is not None else self._config.default_deadline_s,
+                with_metadata=False,
             )
         except RouteError as error:
             raise RouterCallError(error.code, error.message) from None

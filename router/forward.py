@@ -138,8 +138,14 @@ class Forwarder:
         aliases: tuple[str, ...],
         metadata: Metadata,
         timeout: float,  # noqa: ASYNC109 - the caller's deadline, passed on
+        *,
+        with_metadata: bool = True,
     ) -> UnaryAnswer:
-        """Forward one unary call; raises ForwardError with the status to return."""
+        """Forward one unary call; raises ForwardError with the status to return.
+
+        `with_metadata=False` skips collecting the engine's initial and trailing
+        metadata (the in-process client returns the message alone).
+        """
         self.budget.deposit()
         deadline = self._clock() + timeout
         exclude = _NONE
@@ -177,6 +183,8 @@ class Forwarder:
                 in_flight[endpoint.id] -= 1
             self.metrics.answered(alias, endpoint.id, "OK", self._clock() - started)
             self.table.report_success(alias, endpoint.id)
+            if not with_metadata:
+                return UnaryAnswer(response, (), (), alias, endpoint)
             return UnaryAnswer(
                 response,
                 answer_metadata(await call.initial_metadata()),

@@ -48,7 +48,14 @@ class Failure(Enum):
 
 def classify(code: grpc.StatusCode, details: str | None, answered: bool) -> Failure:
     """Classify a failed attempt; `answered` is whether any response bytes arrived."""
-    if code is not grpc.StatusCode.UNAVAILABLE or answered:
+    if answered:
+        return Failure.ANSWERED
+    if code is grpc.StatusCode.CANCELLED:
+        # The engine gave up on a call it never answered: a server shutting down
+        # cancels what it accepted but had not started. (A caller's own cancel
+        # never gets here: its call is gone.)
+        return Failure.RESET
+    if code is not grpc.StatusCode.UNAVAILABLE:
         return Failure.ANSWERED
     text = (details or "").lower()
     if any(marker in text for marker in _CONNECT_MARKERS):

@@ -26,7 +26,7 @@ from router.relay.frames import Header
 from router.relay.grpcwire import MessageMeter, grpc_status, parse_request, status_block
 from router.relay.upstream import CONNECT_TIMEOUT_S, UpstreamPool
 from router.relay.watchdog import StreamWatchdog
-from router.retry import Failure
+from router.retry import Failure, classify
 from router.table import RouteError
 
 if TYPE_CHECKING:
@@ -185,6 +185,7 @@ class RelayCall:
         if stream is self.client:
             self.on_request_trailers(headers, end)
         elif stream is self.up:
+            trailers_only = not self.answered
             if not self.answered:
                 self.answered = True
                 if not end:
@@ -193,7 +194,7 @@ class RelayCall:
                         return
                     self.send_response_headers(headers)
                     return
-            self.on_trailers(headers)
+            self.on_trailers(headers, trailers_only)
 
     def on_request_trailers(self, headers: list[Header], end: bool) -> None:
         self.request_done = self.request_done or end
@@ -265,7 +266,8 @@ class RelayCall:
             self.up = None
             if not self.answered and unprocessed:
                 self.attempt_failed(None, "the engine refused the stream")
-            elif not self.answered and code == CONNECTION_LOST:
+            elif not self.answered and code in (CONNECTION_LOST, f.CANCEL):
+                # Lost, or cancelled by an engine shutting down, before it answered.
                 self.attempt_failed(Failure.RESET, "connection to the engine reset")
             elif code == CONNECTION_LOST:
                 self.count("UNAVAILABLE")
@@ -285,17 +287,18 @@ class RelayCall:
     def count(self, code: str) -> None:
         self.r.metrics.answered(self.alias, self.endpoint_id, code, time.monotonic() - self.started)
 
-    def on_trailers(self, headers: list[Header]) -> None:
+    def on_trailers(self, headers: list[Header], trailers_only: bool = False) -> None:
         code = grpc_status(headers)
         self.count(code.name)
         endpoint = self.endpoint
         assert endpoint is not None
+        failure = classify(code, None, answered=not trailers_only)
         if code is grpc.StatusCode.OK:
             self.r.table.report_success(self.alias, endpoint.id)
         elif not self.responded and self.replayable and self.request_done:
-            if self.retry_after(Failure.ANSWERED, code):
+            if self.retry_after(failure, code):
                 return
-        elif self.r.forwarder.policy.ejects(Failure.ANSWERED, code):
+        elif self.r.forwarder.policy.ejects(failure, code):
             self.r.table.report_failure(self.alias, endpoint.id)
         client = self.client
         if self.held is not None:

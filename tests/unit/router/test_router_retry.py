@@ -200,3 +200,9 @@ def test_tokens_are_never_negative(steps: list[str]) -> None:
         else:
             clock.now += 0.25
         assert budget.tokens >= 0
+
+
+def test_a_cancel_from_an_engine_that_never_answered_is_a_reset() -> None:
+    # A server shutting down cancels calls it accepted but had not started.
+    assert classify(grpc.StatusCode.CANCELLED, "CANCELLED", False) is Failure.RESET
+    assert classify(grpc.StatusCode.CANCELLED, "CANCELLED", True) is Failure.ANSWERED
