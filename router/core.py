@@ -52,6 +52,7 @@ def build_core(config: RouterConfig, metrics: RouterMetrics | None = None) -> Ro
 
     def on_change() -> None:
         channels.retain(table.addresses())
+        metrics.retain(table.instance_ids() | watcher.view.instances.keys())
         view_ready.set()
 
     ca = read_file(config.registry_ca, "--registry-ca") if config.registry_ca else None

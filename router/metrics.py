@@ -6,7 +6,8 @@ the request path calls into here twice per request.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import contextlib
+from collections.abc import Callable, Collection, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -81,6 +82,7 @@ class RouterMetrics:
             ["alias"], registry=r,
         )  # fmt: skip
         self._answered: dict[tuple[str, str, str], Counter] = {}
+        self._ejection_labels: set[tuple[str, str, str]] = set()
         self._latency_by_alias: dict[str, Histogram] = {}
 
     def watch(
@@ -100,6 +102,18 @@ class RouterMetrics:
             "tidepool_router_watch_connected", "1 while the registry watch is up", registry=r
         ).set_function(lambda: float(connected()))
         r.register(_PoolCollector(pools))
+
+    def retain(self, instance_ids: Collection[str]) -> None:
+        """Drop the per-instance series of instances that are gone for good, so a
+        fleet that churns (serverless ids come and go) does not grow memory forever."""
+        for key in [k for k in self._answered if k[1] not in instance_ids]:
+            del self._answered[key]
+            with contextlib.suppress(KeyError):
+                self._requests.remove(*key)
+        for labels in [k for k in self._ejection_labels if k[1] not in instance_ids]:
+            self._ejection_labels.discard(labels)
+            with contextlib.suppress(KeyError):
+                self._ejections.remove(*labels)
 
     # ---- the forwarder -----------------------------------------------------
 
@@ -126,6 +140,7 @@ class RouterMetrics:
     # ---- the table ---------------------------------------------------------
 
     def ejected(self, alias: str, instance_id: str, kind: str) -> None:
+        self._ejection_labels.add((alias, instance_id, kind))
         self._ejections.labels(alias, instance_id, kind).inc()
 
     def panic_changed(self, alias: str, panic: bool) -> None:

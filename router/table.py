@@ -320,6 +320,10 @@ class RoutingTable:
         pool = self._pools.get(alias)
         return pool.endpoints if pool is not None else ()
 
+    def instance_ids(self) -> set[str]:
+        """Every instance some pool may route to (last resort included)."""
+        return {e.id for p in self._pools.values() for e in p.endpoints}
+
     def addresses(self) -> set[str]:
         """Every address some pool may route to (the channels worth keeping open)."""
         return {e.address for p in self._pools.values() for e in p.endpoints}
