@@ -6,7 +6,7 @@ One registry, one echo engine and one router (processes, loopback) serve the mod
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -14,7 +14,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.processes import wait_until
 from tests.support.router_harness import (
-    DATA_PATHS,
     UNARY,
     EchoStack,
     EngineSpec,
@@ -46,18 +45,6 @@ def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EchoStack]:
     """One stack, one router per data path."""
     with echo_stack(tmp_path_factory.mktemp("http"), SPEC) as running:
         yield running
-
-
-@pytest.fixture(scope="module", params=DATA_PATHS)
-def stack(stacks: EchoStack, request: pytest.FixtureRequest) -> EchoStack:
-    """The stack, its default router the one on the data path under test."""
-    return stacks.on(request.param)
-
-
-@pytest.fixture
-async def channel(stack: EchoStack) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(stack.router().grpc) as opened:
-        yield opened
 
 
 def test_probes_answer_ok_once_the_router_has_a_view(stack: EchoStack) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -20,7 +20,6 @@ from tests.support.processes import wait_until_async
 from tests.support.router_harness import (
     BIDI,
     CLIENT_STREAM,
-    DATA_PATHS,
     MUTATE,
     SERVER_STREAM,
     UNARY,
@@ -65,18 +64,6 @@ def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EchoStack]:
     """One stack, one router per data path."""
     with echo_stack(tmp_path_factory.mktemp("proxy"), SPEC) as running:
         yield running
-
-
-@pytest.fixture(scope="module", params=DATA_PATHS)
-def stack(stacks: EchoStack, request: pytest.FixtureRequest) -> EchoStack:
-    """The stack, its default router the one on the data path under test."""
-    return stacks.on(request.param)
-
-
-@pytest.fixture
-async def channel(stack: EchoStack) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(stack.router().grpc) as opened:
-        yield opened
 
 
 async def call_any(

@@ -8,7 +8,7 @@ test's passive ejections cannot steer another's picks.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -16,7 +16,6 @@ import pytest
 
 from tests.support.router_harness import (
     CLIENT_STREAM,
-    DATA_PATHS,
     MUTATE,
     SERVER_STREAM,
     UNARY,
@@ -69,18 +68,6 @@ def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EchoStack]:
         )
         with echo_stack(tmp_path_factory.mktemp("retries"), spec) as running:
             yield running
-
-
-@pytest.fixture(scope="module", params=DATA_PATHS)
-def stack(stacks: EchoStack, request: pytest.FixtureRequest) -> EchoStack:
-    """The stack, its default router the one on the data path under test."""
-    return stacks.on(request.param)
-
-
-@pytest.fixture
-async def channel(stack: EchoStack) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(stack.router().grpc) as opened:
-        yield opened
 
 
 async def retries(stack: EchoStack, alias: str, reason: str | None = None) -> float:

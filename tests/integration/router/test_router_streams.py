@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -19,7 +19,6 @@ from tests.support.processes import wait_until_async
 from tests.support.router_harness import (
     BIDI,
     CLIENT_STREAM,
-    DATA_PATHS,
     SERVER_STREAM,
     UNARY,
     EchoStack,
@@ -59,18 +58,6 @@ def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EchoStack]:
     """One stack, one router per data path."""
     with echo_stack(tmp_path_factory.mktemp("streams"), SPEC) as running:
         yield running
-
-
-@pytest.fixture(scope="module", params=DATA_PATHS)
-def stack(stacks: EchoStack, request: pytest.FixtureRequest) -> EchoStack:
-    """The stack, its default router the one on the data path under test."""
-    return stacks.on(request.param)
-
-
-@pytest.fixture
-async def channel(stack: EchoStack) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(stack.router().grpc) as opened:
-        yield opened
 
 
 async def read(call: Any) -> Any:
