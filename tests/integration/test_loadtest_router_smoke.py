@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from loadtest.nginx import nginx_config
-from loadtest.router_capacity import areas, own_and_total
+from loadtest.profiling import areas, own_and_total
+from loadtest.router_fleet import counter_rises
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +35,9 @@ def _result(module: str, tmp_path: Path, *args: str) -> tuple[dict[str, Any], st
     return json.loads(path.read_text()), done.stdout
 
 
-def test_overhead_compares_direct_and_router_with_every_call_ok(tmp_path: Path) -> None:
+def test_overhead_compares_direct_and_both_data_paths_with_every_call_ok(
+    tmp_path: Path,
+) -> None:
     result, stdout = _result(
         "loadtest.router_overhead",
         tmp_path,
@@ -46,16 +49,21 @@ def test_overhead_compares_direct_and_router_with_every_call_ok(tmp_path: Path) 
     serial, open_loop = result["phases"]
     assert (serial["rate_per_s"], open_loop["rate_per_s"]) == (None, 100.0)
     for phase in (serial, open_loop):
-        assert [a["arm"] for a in phase["arms"]] == ["direct", "router"]
+        assert [a["arm"] for a in phase["arms"]] == ["direct", "relay", "grpc"]
         assert all(a["ok"] > 0 and a["not_ok"] == {} for a in phase["arms"])
-        assert phase["router"]["p50_ms"] > 0
         assert phase["direct"]["p50_ms"] > 0
+        assert set(phase["paths"]) == {"relay", "grpc"}
+        for figures in phase["paths"].values():
+            assert figures["p50_ms"] > 0
+            assert len(figures["added_p50_ms_by_repeat"]) == 1
+            assert figures["x_direct_p50"] > 0
     # CPU is read in 10 ms ticks: only the serial phase surely carries enough requests.
-    assert serial["router_cpu_us_per_request"] > 0
+    assert all(f["router_cpu_us_per_request"] > 0 for f in serial["paths"].values())
     assert "+p50 ms" in stdout
+    assert "relay: target at 100/s" in stdout
 
 
-def test_capacity_meters_the_router_cpu_per_request(tmp_path: Path) -> None:
+def test_capacity_meters_each_data_path_cpu_per_request(tmp_path: Path) -> None:
     result, stdout = _result(
         "loadtest.router_capacity",
         tmp_path,
@@ -63,15 +71,19 @@ def test_capacity_meters_the_router_cpu_per_request(tmp_path: Path) -> None:
         *("--processes-list", "1", "--ramp", "", "--warmup", "0", "--no-nginx"),
         *("--gen-processes", "1", "--channels", "1"),
     )
-    (steady,) = result["steady"]
-    assert steady["target"] == "router-p1"
-    (run,) = steady["runs"]
-    assert run["sent"] > 0
-    assert run["not_ok"] == {}
-    # Any Python gRPC proxy spends more than 20 µs and less than a second per request.
-    assert 20 < steady["cpu_us_per_request"] < 1_000_000
-    assert steady["vs_nginx"] is None
+    assert [(s["target"], s["data_path"]) for s in result["steady"]] == [
+        ("relay-p1", "relay"),
+        ("grpc-p1", "grpc"),
+    ]
+    for steady in result["steady"]:
+        (run,) = steady["runs"]
+        assert run["sent"] > 0
+        assert run["not_ok"] == {}
+        # Any Python gRPC proxy spends more than 20 µs and less than a second per request.
+        assert 20 < steady["cpu_us_per_request"] < 1_000_000
+        assert steady["vs_nginx"] is None
     assert "req/s per core" in stdout
+    assert "grpc path / relay path" in stdout
 
 
 def test_nginx_config_passes_grpc_to_every_engine_by_weight(tmp_path: Path) -> None:
@@ -87,15 +99,26 @@ def test_profile_counts_own_time_by_leaf_and_total_by_any_frame() -> None:
     loop = "run (asyncio/runners.py:86)"
     unary = "_unary (router/proxy.py:66)"
     inc = "inc (prometheus_client/values.py:27)"
-    raw = f"{loop} 6\n{loop};{unary} 3\n{loop};{unary};{inc} 1\n"
+    relay = "on_data (router/relay/connection.py:120)"
+    raw = f"{loop} 5\n{loop};{unary} 3\n{loop};{unary};{inc} 1\n{loop};{relay} 1\n"
     own, total, samples = own_and_total(raw)
     assert samples == 10
     assert own[unary] == 3
     assert total[unary] == 4
     assert total[loop] == 10
     shares = areas(own, samples)
-    assert shares["router code"] == 0.3
+    assert shares["router code, other"] == 0.3
+    assert shares["relay (router/relay)"] == 0.1
     assert shares["prometheus_client"] == 0.1
 
 
 pytestmark = pytest.mark.timeout(60)
+
+
+def test_counter_rises_count_across_a_dropped_and_restarted_series() -> None:
+    # 5 -> 7 (+2), then the router drops the series, then a late answer starts it at 1.
+    series = [{"OK": 5.0}, {"OK": 7.0, "UNAVAILABLE": 1.0}, {}, {"OK": 1.0}, {"OK": 1.0}]
+    rises, last = counter_rises(series)
+    assert rises == {"OK": 3, "UNAVAILABLE": 1}
+    assert last == 3
+    assert counter_rises([{"x": 1.0}, {"x": 1.0}]) == ({}, 0)
