@@ -5,6 +5,12 @@ HTTP/2 handshake, and building a multicallable per call costs several µs of
 Python on the hot path. Channels never retry on their own (the forwarder
 decides), fail fast instead of waiting for a dead engine (no wait_for_ready),
 and ping an idle engine so a vanished peer is noticed in seconds.
+
+TLS (`--engine-ca`): every channel verifies its engine against the given roots,
+by the engine's IP address (engines register by IP, so certificates need an IP
+SAN) or, with `server_name`, by that one name. A failed handshake fails the
+call UNAVAILABLE "failed to connect …", which the forwarder treats as any other
+connect failure: eject and retry elsewhere.
 """
 
 from __future__ import annotations
@@ -37,8 +43,19 @@ def engine_channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
 class ChannelPool:
     """Channels by engine address, with unary and stream multicallables cached per method."""
 
-    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
-        self._options = engine_channel_options(max_message_bytes)
+    def __init__(
+        self,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        *,
+        root_certificates: bytes | None = None,
+        server_name: str | None = None,
+    ) -> None:
+        self._options: list[tuple[str, Any]] = [*engine_channel_options(max_message_bytes)]
+        self._credentials: grpc.ChannelCredentials | None = None
+        if root_certificates is not None:
+            self._credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            if server_name is not None:
+                self._options.append(("grpc.ssl_target_name_override", server_name))
         self._channels: dict[str, Any] = {}
         self._unary: dict[tuple[str, str], Any] = {}
         self._stream: dict[tuple[str, str], Any] = {}
@@ -47,7 +64,10 @@ class ChannelPool:
     def channel(self, address: str) -> Any:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=self._options)
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(address, options=self._options)
+            else:
+                channel = grpc.aio.secure_channel(address, self._credentials, self._options)
             self._channels[address] = channel
         return channel
 

@@ -44,6 +44,14 @@ class RouterConfig:
     registry_ca: str | None = None
     service: str = "speech"
     listen: str = "127.0.0.1:7710"
+    tls_cert: str | None = None
+    """PEM certificate chain: callers connect to `listen` over TLS (with `tls_key`)."""
+    tls_key: str | None = None
+    """PEM private key of `tls_cert`."""
+    engine_ca: str | None = None
+    """PEM roots: engines are dialled over TLS and verified against these."""
+    engine_server_name: str | None = None
+    """Verify every engine's certificate against this name instead of its IP address."""
     http_listen: str = "127.0.0.1:7711"
     state_file: str | None = ".tidepool/router/view.json"
     balancer: PickerKind = "wrr"
@@ -64,6 +72,15 @@ class RouterConfig:
     data_path: DataPath = "relay"
     """grpc: the grpc.aio proxy; relay: the HTTP/2 frame relay (about 3x less CPU a call)."""
     log_level: str = "warning"
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given = "--tls-cert" if self.tls_cert is not None else "--tls-key"
+            raise ConfigError(f"--tls-cert: --tls-cert and --tls-key go together, got only {given}")
+        if self.engine_server_name is not None and self.engine_ca is None:
+            raise ConfigError(
+                f"--engine-server-name: needs --engine-ca, got {self.engine_server_name!r} alone"
+            )
 
     def table(self) -> TableConfig:
         slow = SlowStartConfig(window_s=self.slow_start_s) if self.slow_start_s > 0 else None
@@ -150,6 +167,12 @@ def _optional_path(text: str) -> str | None:
     return text or None
 
 
+def _server_name(text: str) -> str | None:
+    if any(c.isspace() for c in text) or "/" in text:
+        raise ValueError(f"expected a DNS name or an IP address, got {text!r}")
+    return text or None
+
+
 def _o(name: str, default: Any, help: str, parse: Any = str, env: str | None = None) -> Option:
     return Option(name, env or ENV + name.upper(), default, help, parse)
 
@@ -160,6 +183,14 @@ OPTIONS: tuple[Option, ...] = (
     _o("registry_ca", None, "PEM roots for TLS to the registry"),
     _o("service", "speech", "registry service to watch"),
     _o("listen", "127.0.0.1:7710", "gRPC address to proxy on", _host_port),
+    _o("tls_cert", None, "PEM certificate: serve --listen over TLS (with --tls-key)",
+       _optional_path),
+    _o("tls_key", None, "PEM private key for --tls-cert", _optional_path),
+    _o("engine_ca", None, "PEM roots: dial engines over TLS, verified against these",
+       _optional_path),
+    _o("engine_server_name", None,
+       "with --engine-ca: verify every engine against this name, not its IP address",
+       _server_name),
     _o("http_listen", "127.0.0.1:7711", "HTTP address: /metrics /healthz /readyz /v1/resolve",
        _host_port),
     _o("state_file", ".tidepool/router/view.json",

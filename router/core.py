@@ -3,11 +3,16 @@
 Both the proxy process (`router.server`) and the in-process client
 (`router.client`) are built on one `RouterCore`, so they balance, eject, retry
 and survive registry outages identically.
+
+TLS material is read and checked here, once, at start-up, so a bad file is one
+line naming its flag (exit 1) on either data path rather than a failure on the
+first call: the relay takes `ssl.SSLContext`s, the grpc.aio path the PEM bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +25,29 @@ from router.retry import RetryBudget
 from router.table import RoutingTable
 from router.watcher import RegistryWatcher
 
+ALPN_H2 = ["h2"]
+
+
+@dataclass(frozen=True)
+class ListenerTls:
+    """`--tls-cert`/`--tls-key`: callers connect over TLS."""
+
+    key: bytes
+    cert: bytes
+    context: ssl.SSLContext
+    """Server side, offering ALPN h2 (the relay)."""
+
+
+@dataclass(frozen=True)
+class EngineTls:
+    """`--engine-ca` (and `--engine-server-name`): engines are dialled over TLS."""
+
+    roots: bytes
+    server_name: str | None
+    """The name every engine's certificate must carry; None: its own IP address."""
+    context: ssl.SSLContext
+    """Client side, verifying against `roots`, offering ALPN h2 (the relay)."""
+
 
 @dataclass
 class RouterCore:
@@ -31,6 +59,8 @@ class RouterCore:
     metrics: RouterMetrics
     view_ready: asyncio.Event
     """Set once there is a view to route on (from the file or the registry)."""
+    listener_tls: ListenerTls | None = None
+    engine_tls: EngineTls | None = None
 
     async def close(self) -> None:
         await self.channels.close()
@@ -39,8 +69,14 @@ class RouterCore:
 def build_core(config: RouterConfig, metrics: RouterMetrics | None = None) -> RouterCore:
     """Assemble the shared parts (inside the event loop; nothing started)."""
     metrics = metrics or RouterMetrics()
+    listener_tls = load_listener_tls(config)
+    engine_tls = load_engine_tls(config)
     table = RoutingTable(config.table(), events=metrics)
-    channels = ChannelPool(config.max_message_bytes)
+    channels = ChannelPool(
+        config.max_message_bytes,
+        root_certificates=engine_tls.roots if engine_tls else None,
+        server_name=engine_tls.server_name if engine_tls else None,
+    )
     forwarder = Forwarder(
         table,
         channels,
@@ -66,7 +102,46 @@ def build_core(config: RouterConfig, metrics: RouterMetrics | None = None) -> Ro
         on_change=on_change,
     )
     metrics.watch(watcher.stale_s, lambda: watcher.connected, table.pools)
-    return RouterCore(config, table, channels, forwarder, watcher, metrics, view_ready)
+    return RouterCore(
+        config, table, channels, forwarder, watcher, metrics, view_ready, listener_tls, engine_tls
+    )
+
+
+def load_listener_tls(config: RouterConfig) -> ListenerTls | None:
+    """The listener's certificate and key, checked to load and to match (ConfigError)."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    cert = read_file(config.tls_cert, "--tls-cert")
+    key = read_file(config.tls_key, "--tls-key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key, password=_no_password)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(
+            f"--tls-cert: cannot use {config.tls_cert!r} with --tls-key {config.tls_key!r}: {exc}"
+        ) from None
+    context.set_alpn_protocols(ALPN_H2)
+    return ListenerTls(key, cert, context)
+
+
+def load_engine_tls(config: RouterConfig) -> EngineTls | None:
+    """The roots engines are verified against (ConfigError when they hold no certificate)."""
+    if config.engine_ca is None:
+        return None
+    roots = read_file(config.engine_ca, "--engine-ca")
+    try:
+        context = ssl.create_default_context(cadata=roots.decode("ascii", errors="replace"))
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"--engine-ca: no usable PEM certificate in {config.engine_ca!r}: {exc}"
+        ) from None
+    context.set_alpn_protocols(ALPN_H2)
+    return EngineTls(roots, config.engine_server_name, context)
+
+
+def _no_password() -> bytes:
+    # Called only for an encrypted key; grpc cannot use one either, so say so.
+    raise ValueError("the key is encrypted (give an unencrypted PEM key)")
 
 
 def read_file(path: str, flag: str) -> bytes:

@@ -5,6 +5,12 @@ full gRPC call stacks per request (about 0.9 ms of CPU per unary call on a
 small machine); the relay forwards HTTP/2 frames with only the request headers
 decoded, for about a third of that. Both use the same routing table, retries,
 ejection and metrics (`RouterCore`). `--data-path` chooses.
+
+Both serve TLS the same way when `--tls-cert`/`--tls-key` are given (the
+material comes checked from `RouterCore.listener_tls`): the grpc.aio server
+through `grpc.ssl_server_credentials`, the relay through an `ssl.SSLContext`
+offering ALPN h2. A caller that speaks plaintext to a TLS port fails its
+handshake and is dropped; nobody else notices.
 """
 
 from __future__ import annotations
@@ -62,8 +68,13 @@ class GrpcFrontend:
             unary_methods=config.unary_methods,
         )
         self._server.add_generic_rpc_handlers((handler,))
+        tls = core.listener_tls
         try:
-            port = self._server.add_insecure_port(config.listen)
+            if tls is None:
+                port = self._server.add_insecure_port(config.listen)
+            else:
+                credentials = grpc.ssl_server_credentials([(tls.key, tls.cert)])
+                port = self._server.add_secure_port(config.listen, credentials)
         except RuntimeError as exc:
             raise ListenError(f"--listen: cannot listen on {config.listen}: {exc}") from None
         if not port:

@@ -1,4 +1,4 @@
-"""The relay's listener: accept h2c connections, hand each stream to a `RelayCall`.
+"""The relay's listener: accept h2c or TLS (`--tls-cert`) connections, give streams to calls.
 
 Shutdown follows the usual recipe: stop accepting, GOAWAY every client (calls
 in flight go on), wait for them up to the grace, then close what is left.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from router.relay.connection import Connection, Flusher
@@ -21,6 +22,26 @@ if TYPE_CHECKING:
 
 RETAIN_INTERVAL_S = 5.0
 """How often connections to engines that left the view are closed."""
+TLS_HANDSHAKE_S = 10.0
+"""Longest a caller's TLS handshake may take before its connection is dropped."""
+TLS_SHUTDOWN_S = 5.0
+"""Longest wait for a caller's close_notify when a TLS connection is closed."""
+
+
+class CallerConnection(Connection):
+    """A caller's connection, which the server counts once it is made.
+
+    Why not as soon as it is accepted: with TLS the protocol exists before the
+    handshake, and one whose handshake fails (a plaintext caller, say) is never
+    made nor lost, so it would stay counted for good and hold up every shutdown.
+    """
+
+    on_made: Callable[[Connection], None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.on_made is not None:
+            self.on_made(self)
+        super().connection_made(transport)
 
 
 class RelayServer:
@@ -41,10 +62,10 @@ class RelayServer:
         self.relay.serving = serving
 
     def accept(self) -> Connection:
-        conn = Connection(self.flusher, self.settings, client_side=False)
+        conn = CallerConnection(self.flusher, self.settings, client_side=False)
         conn.on_new_stream = self.relay.open_call
         conn.on_closed = self._closed
-        self.connections.add(conn)
+        conn.on_made = self.connections.add
         return conn
 
     def _closed(self, conn: Connection) -> None:
@@ -94,12 +115,34 @@ async def start_relay(
     """Listen on host:port (0: any free port) and relay every call through `core`."""
     settings = settings or Settings()
     flusher = Flusher()
-    relay = Relay(core, UpstreamPool(flusher, settings, keepalive))
+    engine_tls = core.engine_tls
+    pool = UpstreamPool(
+        flusher,
+        settings,
+        keepalive,
+        tls=engine_tls.context if engine_tls else None,
+        server_name=engine_tls.server_name if engine_tls else None,
+    )
+    relay = Relay(core, pool)
     server = RelayServer(relay, settings, flusher)
     loop = asyncio.get_running_loop()
-    server.server = await loop.create_server(
-        server.accept, host, port, reuse_address=True, reuse_port=True, backlog=1024
-    )
+    listener_tls = core.listener_tls
+    if listener_tls is None:
+        server.server = await loop.create_server(
+            server.accept, host, port, reuse_address=True, reuse_port=True, backlog=1024
+        )
+    else:
+        server.server = await loop.create_server(
+            server.accept,
+            host,
+            port,
+            reuse_address=True,
+            reuse_port=True,
+            backlog=1024,
+            ssl=listener_tls.context,
+            ssl_handshake_timeout=TLS_HANDSHAKE_S,
+            ssl_shutdown_timeout=TLS_SHUTDOWN_S,
+        )
     sockets = server.server.sockets
     for sock in sockets:
         with contextlib.suppress(OSError):

@@ -15,14 +15,20 @@ as abuse and may drop the whole connection (GOAWAY too_many_pings), and a busy
 connection's calls are guarded by their deadlines and the stream watchdog. An
 engine on grpc's default ping policy still ends an idle connection after the
 third PING (about 40 s idle); that is harmless, the next call reopens one.
+
+TLS (`--engine-ca`): with `tls` set, each connection is TLS, verified against
+the context's roots by the engine's IP address, or by `server_name` when given,
+and must agree on ALPN h2. A failed handshake is an OSError like a refused
+connect, so the call ejects the engine and tries another.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -63,10 +69,18 @@ class UpstreamPool:
     """Engine address → its open client-side connections."""
 
     def __init__(
-        self, flusher: Flusher, settings: Settings, keepalive: Keepalive | None = None
+        self,
+        flusher: Flusher,
+        settings: Settings,
+        keepalive: Keepalive | None = None,
+        *,
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
     ) -> None:
         self._flusher = flusher
         self._settings = settings
+        self._tls = tls
+        self._server_name = server_name
         self.keepalive = keepalive or Keepalive()
         self._connections: dict[str, list[Connection]] = {}
         self._connecting: dict[str, asyncio.Task[Connection]] = {}
@@ -111,12 +125,34 @@ class UpstreamPool:
         def factory() -> Connection:
             return Connection(self._flusher, self._settings, client_side=True)
 
+        host = host.strip("[]")
         async with asyncio.timeout(timeout_s):
-            _, conn = await loop.create_connection(factory, host.strip("[]"), int(port))
+            if self._tls is None:
+                _, conn = await loop.create_connection(factory, host, int(port))
+            else:
+                conn = await self._open_tls(factory, host, int(port))
         conn.on_closed = lambda c: self._forget(address, c)
         self._connections.setdefault(address, []).append(conn)
         if self._keepalive is None:
             self._keepalive = asyncio.create_task(self._keep_alive())
+        return conn
+
+    async def _open_tls(
+        self, factory: Callable[[], Connection], host: str, port: int
+    ) -> Connection:
+        loop = asyncio.get_running_loop()
+        name = self._server_name or host
+        try:
+            transport, conn = await loop.create_connection(
+                factory, host, port, ssl=self._tls, server_hostname=name
+            )
+        except ssl.SSLError as exc:  # an OSError: the caller counts it as a connect failure
+            raise OSError(f"TLS handshake failed: {exc}") from None
+        ssl_object = transport.get_extra_info("ssl_object")
+        alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        if alpn != "h2":
+            transport.abort()
+            raise OSError(f"TLS handshake failed: the engine did not agree on ALPN h2 ({alpn})")
         return conn
 
     async def _keep_alive(self) -> None:
