@@ -70,7 +70,7 @@ class RouterConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     processes: int = 1
     data_path: DataPath = "relay"
-    """grpc: the grpc.aio proxy; relay: the HTTP/2 frame relay (about 3x less CPU a call)."""
+    """grpc: the grpc.aio proxy; relay: the HTTP/2 frame relay (about half the CPU a call)."""
     log_level: str = "warning"
 
     def __post_init__(self) -> None:
