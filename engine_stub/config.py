@@ -19,6 +19,7 @@ from registry.sdk.options import (
     ConfigError,
     Option,
     add_options,
+    parse_choice,
     parse_host_port,
     resolve,
 )
@@ -192,15 +193,6 @@ def parse_labels(text: str) -> dict[str, str]:
     return labels
 
 
-def _choice(choices: Sequence[str]) -> Any:
-    def parse(text: str) -> str:
-        if text not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}, got {text!r}")
-        return text
-
-    return parse
-
-
 def _int(text: str) -> int:
     try:
         return int(text)
@@ -233,8 +225,8 @@ OPTIONS: tuple[Option, ...] = (
     _option("tls_key", None, "PEM private key for --tls-cert"),
     _option("http_listen", "127.0.0.1:0", "HTTP address for /metrics, /healthz, /readyz"),
     _option("service", "speech", "registry service to join"),
-    _option("lang", "zh", "model to load first: zh or en", _choice(LANGS)),
-    _option("tier", "idc", "capacity tier: idc, cvm or serverless", _choice(TIERS)),
+    _option("lang", "zh", "model to load first: zh or en", parse_choice(LANGS)),
+    _option("tier", "idc", "capacity tier: idc, cvm or serverless", parse_choice(TIERS)),
     _option("weight", 100, "static routing weight, 0..1000", _int),
     _option("slots", 4, "requests scored at once; more wait in a queue", _int),
     _option("speed", 1.0, "relative GPU speed (latency divides by it)", _float),
@@ -248,7 +240,7 @@ OPTIONS: tuple[Option, ...] = (
     _option("fault_hang_after", None, "hang every request after N requests", _optional_int),
     _option("fault_crash_after", None, "exit(1) after N requests", _optional_int),
     _option("seed", None, "random seed for injected faults", _optional_int),
-    _option("log_level", "warning", "debug, info, warning or error", _choice(LOG_LEVELS)),
+    _option("log_level", "warning", "debug, info, warning or error", parse_choice(LOG_LEVELS)),
 )
 
 

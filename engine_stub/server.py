@@ -40,7 +40,7 @@ from registry.sdk import (
     run_until_signal,
     unless_signalled,
 )
-from registry.sdk.options import parse_host_port
+from registry.sdk.options import format_host_port, parse_host_port
 from registry.sdk.process_main import process_main
 from tidepool.engine.v1 import evaluator_pb2, evaluator_pb2_grpc
 
@@ -252,7 +252,3 @@ async def _serve(stub: EngineStub, signals: ShutdownSignals, http: str, out: Tex
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Entry point of `tidepool engine-stub`; returns the exit status."""
     return process_main(COMPONENT, parse_config, run, argv, environ, (AgentError,))
-
-
-def format_host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

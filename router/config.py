@@ -17,6 +17,7 @@ from registry.sdk.options import (
     ConfigError,
     Option,
     add_options,
+    parse_choice,
     parse_host_port,
     resolve,
 )
@@ -137,24 +138,6 @@ def _whole(low: int, high: int) -> Any:
     return parse
 
 
-def _choice(text: str) -> str:
-    if text not in PICKER_KINDS:
-        raise ValueError(f"must be one of {', '.join(PICKER_KINDS)}, got {text!r}")
-    return text
-
-
-def _data_path(text: str) -> str:
-    if text not in DATA_PATHS:
-        raise ValueError(f"must be one of {', '.join(DATA_PATHS)}, got {text!r}")
-    return text
-
-
-def _level(text: str) -> str:
-    if text not in LOG_LEVELS:
-        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
-    return text
-
-
 def _methods(text: str) -> tuple[str, ...]:
     methods = tuple(m.strip() for m in text.split(",") if m.strip())
     for method in methods:
@@ -195,7 +178,8 @@ OPTIONS: tuple[Option, ...] = (
        _host_port),
     _o("state_file", ".tidepool/router/view.json",
        "last known good view, read at start and kept current ('' to disable)", _optional_path),
-    _o("balancer", "wrr", "wrr (smooth weighted round robin) or least-loaded", _choice),
+    _o("balancer", "wrr", "wrr (smooth weighted round robin) or least-loaded",
+       parse_choice(PICKER_KINDS)),
     _o("slow_start_s", 10.0, "ramp a new or recovered instance over this window (0: off)",
        _number(0)),
     _o("max_ejection_percent", 50.0, "never eject more of a pool than this, in percent",
@@ -224,8 +208,9 @@ OPTIONS: tuple[Option, ...] = (
     _o("processes", 1, "router processes sharing the port (SO_REUSEPORT)",
        _whole(1, MAX_PROCESSES)),
     _o("data_path", "relay", "relay (the HTTP/2 frame relay) or grpc (the grpc.aio proxy)",
-       _data_path),
-    _o("log_level", "warning", "debug, info, warning or error", _level),
+       parse_choice(DATA_PATHS)),
+    _o("log_level", "warning", "debug, info, warning or error",
+       parse_choice(LOG_LEVELS)),
 )  # fmt: skip
 
 

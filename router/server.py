@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 import grpc
 
 from registry.sdk import ShutdownSignals, StatusServer
-from registry.sdk.options import parse_host_port
+from registry.sdk.options import format_host_port, parse_host_port
 from registry.sdk.process_main import process_main
 from router.config import RouterConfig, parse_config
 from router.core import RouterCore, build_core
@@ -124,8 +124,8 @@ async def run(config: RouterConfig, *, out: TextIO | None = None) -> int:
             if not await _wait_for_view(router, signals):
                 return 0
             await router.frontend.set_serving(True)
-            grpc_at = _host_port(parse_host_port(config.listen)[0], router.frontend.port)
-            http_at = _host_port(http_host, status.port)
+            grpc_at = format_host_port(parse_host_port(config.listen)[0], router.frontend.port)
+            http_at = format_host_port(http_host, status.port)
             out.write(f"{READY_PREFIX} grpc={grpc_at} http={http_at} pid={os.getpid()}\n")
             out.flush()
             await signals.wait()
@@ -159,10 +159,6 @@ async def _wait_for_view(router: Router, signals: ShutdownSignals) -> bool:
     finally:
         stop.cancel()
         viewed.cancel()
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

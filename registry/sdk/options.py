@@ -148,6 +148,22 @@ def _parse(option: Option, raw: Any, source: str) -> Any:
         raise ConfigError(f"{source}: {exc}") from None
 
 
+def parse_choice(choices: Sequence[str]) -> Callable[[str], str]:
+    """A parser that accepts exactly one of `choices`."""
+
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return parse
+
+
+def format_host_port(host: str, port: int) -> str:
+    """The inverse of `parse_host_port`: brackets around an IPv6 host."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def parse_host_port(text: str) -> tuple[str, int]:
     """Split "host:port" or "[v6]:port"; the port must be 0..65535 (0 picks a free one)."""
     host, sep, port_text = text.strip().rpartition(":")
