@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -21,7 +20,7 @@ from registry.sdk.options import ConfigError, parse_host_port
 from router.config import parse_config
 from router.server import READY_PREFIX
 from router.server import main as serve_one
-from tidepool.supervise import Child, ChildError, start_child
+from tidepool.supervise import ChildError, start_children, stop_event, until_stopped_or_exited
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
@@ -56,30 +55,19 @@ def _worker_argv(argv: list[str], index: int, http_listen: str) -> list[str]:
 
 
 async def _run_group(argv: list[str], processes: int, http_listen: str) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    starts = [
-        start_child(f"router-{i}", _worker_argv(argv, i, http_listen), READY_TIMEOUT_S)
-        for i in range(processes)
-    ]
-    results = await asyncio.gather(*starts, return_exceptions=True)
-    workers = [r for r in results if isinstance(r, Child)]
+    stop = stop_event()
+    workers = await start_children(
+        [(f"router-{i}", _worker_argv(argv, i, http_listen)) for i in range(processes)],
+        READY_TIMEOUT_S,
+        STOP_TIMEOUT_S,
+    )
     try:
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            raise ChildError(str(failures[0]))
         grpc_at = workers[0].fields.get("grpc", "?")
         https = ",".join(w.fields.get("http", "?") for w in workers)
         pids = ",".join(w.fields.get("pid", "?") for w in workers)
         sys.stdout.write(f"{READY_PREFIX} grpc={grpc_at} http={https} pid={pids}\n")
         sys.stdout.flush()
-        exits = [asyncio.ensure_future(w.process.wait()) for w in workers]
-        waiter = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({waiter, *exits}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (waiter, *exits):
-            task.cancel()
-        return 0 if stop.is_set() else 1
+        exited = await until_stopped_or_exited(stop, workers)
+        return 0 if exited is None else 1
     finally:
         await asyncio.gather(*(w.stop(STOP_TIMEOUT_S) for w in workers))

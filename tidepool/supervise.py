@@ -82,3 +82,41 @@ async def start_child(name: str, argv: Sequence[str], ready_timeout_s: float) ->
         raise ChildError(f"{name} was not ready within {ready_timeout_s}s") from None
     child._pump = asyncio.create_task(_pump_output(child, process.stdout))
     return child
+
+
+async def start_children(
+    named_argvs: Sequence[tuple[str, Sequence[str]]], ready_timeout_s: float, stop_timeout_s: float
+) -> list[Child]:
+    """Start all at once and wait for each; if any fails, stop the others and raise ChildError."""
+    results = await asyncio.gather(
+        *(start_child(name, argv, ready_timeout_s) for name, argv in named_argvs),
+        return_exceptions=True,
+    )
+    children = [r for r in results if isinstance(r, Child)]
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        await asyncio.gather(*(c.stop(stop_timeout_s) for c in children))
+        raise ChildError(str(failures[0]))
+    return children
+
+
+def stop_event() -> asyncio.Event:
+    """An event SIGINT and SIGTERM set (call inside the running loop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def until_stopped_or_exited(stop: asyncio.Event, children: Sequence[Child]) -> Child | None:
+    """Wait for `stop` or for a child to exit; the child that exited first, or None."""
+    waiters = [asyncio.ensure_future(stop.wait())]
+    exits = {asyncio.ensure_future(c.process.wait()): c for c in children}
+    try:
+        done, _ = await asyncio.wait({*waiters, *exits}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (*waiters, *exits):
+            task.cancel()
+    exited = [exits[t] for t in done if t in exits]
+    return exited[0] if exited else None

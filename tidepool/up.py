@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,14 @@ from registry.sdk.options import (
 )
 from tidepool.registry.v1 import registry_pb2 as pb
 from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
-from tidepool.supervise import Child, ChildError, start_child
+from tidepool.supervise import (
+    Child,
+    ChildError,
+    start_child,
+    start_children,
+    stop_event,
+    until_stopped_or_exited,
+)
 
 ENV = "TIDEPOOL_UP_"
 READY_TIMEOUT_S = 60.0
@@ -214,20 +220,14 @@ def _say(text: str) -> None:
 
 async def _start_fleet(settings: Mapping[str, object], registry: str) -> list[Child]:
     fleet: tuple[EngineSpec, ...] = settings["fleet"]  # type: ignore[assignment]
-    starts = [
-        start_child(
-            f"engine-{i}-{spec.lang}-{spec.tier}",
-            _engine_args(spec, registry, settings),
-            READY_TIMEOUT_S,
-        )
-        for i, spec in enumerate(fleet)
-    ]
-    results = await asyncio.gather(*starts, return_exceptions=True)
-    engines = [r for r in results if isinstance(r, Child)]
-    failures = [r for r in results if isinstance(r, BaseException)]
-    if failures:
-        await asyncio.gather(*(e.stop(ENGINE_STOP_S) for e in engines))
-        raise ChildError(str(failures[0]))
+    engines = await start_children(
+        [
+            (f"engine-{i}-{spec.lang}-{spec.tier}", _engine_args(spec, registry, settings))
+            for i, spec in enumerate(fleet)
+        ],
+        READY_TIMEOUT_S,
+        ENGINE_STOP_S,
+    )
     _say(f"{'ENGINE':28} {'GRPC':22} {'HTTP':22} ID")
     for engine, spec in zip(engines, fleet, strict=True):
         f = engine.fields
@@ -236,10 +236,7 @@ async def _start_fleet(settings: Mapping[str, object], registry: str) -> list[Ch
 
 
 async def run(settings: Mapping[str, object]) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_event()
     _say(f"tidepool up: starting the registry (data in {settings['data_dir']})")
     registry = await start_child("registry", _registry_args(settings), READY_TIMEOUT_S)
     engines: list[Child] = []
@@ -259,18 +256,10 @@ async def run(settings: Mapping[str, object]) -> int:
             "Send gRPC to the router with metadata x-tidepool-alias: zh-public (or en-public). "
             "Ctrl-C stops everything."
         )
-        children = [registry, router]
-        waiters: list[asyncio.Task[object]] = [
-            asyncio.create_task(stop.wait()),
-            *(asyncio.create_task(c.process.wait()) for c in children),
-        ]
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        for waiter in waiters:
-            waiter.cancel()
-        for child in children:
-            if not child.running:
-                _say(f"tidepool up: the {child.name} exited; stopping everything")
-                return 1
+        exited = await until_stopped_or_exited(stop, [registry, router])
+        if exited is not None:
+            _say(f"tidepool up: the {exited.name} exited; stopping everything")
+            return 1
         return 0
     finally:
         if router is not None:
