@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from registry.sdk.states import STATES_BY_NAME, state_name
 from router.endpoint import Endpoint
 from router.outlier import Departure
 from router.selector import LabelSelector
@@ -21,14 +22,6 @@ from tidepool.registry.v1 import registry_pb2 as pb
 READY = pb.INSTANCE_STATE_READY
 _FAILED = frozenset({pb.INSTANCE_STATE_UNHEALTHY, pb.INSTANCE_STATE_STALLED})
 _LEAVING = frozenset({pb.INSTANCE_STATE_DRAINING, pb.INSTANCE_STATE_SWITCHING})
-_STATE_NAMES: dict[int, str] = {
-    pb.INSTANCE_STATE_READY: "ready",
-    pb.INSTANCE_STATE_DRAINING: "draining",
-    pb.INSTANCE_STATE_SWITCHING: "switching",
-    pb.INSTANCE_STATE_STALLED: "stalled",
-    pb.INSTANCE_STATE_UNHEALTHY: "unhealthy",
-}
-_STATES_BY_NAME: dict[str, int] = {name: state for state, name in _STATE_NAMES.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +79,7 @@ class InstanceInfo:
             "address": self.address,
             "weight": self.weight,
             "labels": dict(self.labels),
-            "state": _STATE_NAMES.get(self.state, "unknown"),
+            "state": state_name(self.state),
             "leaving": self.leaving,
         }
 
@@ -98,7 +91,7 @@ class InstanceInfo:
             address=str(data["address"]),
             weight=int(data["weight"]),
             labels={str(k): str(v) for k, v in dict(data["labels"]).items()},
-            state=_STATES_BY_NAME.get(str(data["state"]), pb.INSTANCE_STATE_UNSPECIFIED),
+            state=STATES_BY_NAME.get(str(data["state"]), pb.INSTANCE_STATE_UNSPECIFIED),
             leaving=bool(data.get("leaving", False)),
         )
 

@@ -5,16 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from registry.sdk.states import state_name
 from tidepool.registry.v1 import registry_pb2 as pb
-
-STATE_NAMES = {
-    pb.INSTANCE_STATE_UNSPECIFIED: "unknown",
-    pb.INSTANCE_STATE_READY: "ready",
-    pb.INSTANCE_STATE_DRAINING: "draining",
-    pb.INSTANCE_STATE_SWITCHING: "switching",
-    pb.INSTANCE_STATE_STALLED: "stalled",
-    pb.INSTANCE_STATE_UNHEALTHY: "unhealthy",
-}
 
 
 def instance_json(instance: pb.Instance) -> dict[str, Any]:
@@ -28,7 +20,7 @@ def instance_json(instance: pb.Instance) -> dict[str, Any]:
         "effective_weight": instance.effective_weight,
         "capacity": instance.capacity,
         "labels": dict(sorted(instance.labels.items())),
-        "state": STATE_NAMES.get(instance.state, "unknown"),
+        "state": state_name(instance.state),
         "admin_drained": instance.admin_drained,
         "load": {
             "in_flight": load.in_flight,
@@ -79,7 +71,7 @@ def instances_table(instances: Sequence[pb.Instance]) -> str:
             (
                 i.id,
                 i.address,
-                STATE_NAMES.get(i.state, "unknown"),
+                state_name(i.state),
                 f"{i.effective_weight}/{i.weight}",
                 labels.get("lang", "-"),
                 labels.get("tier", "-"),
