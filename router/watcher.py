@@ -62,12 +62,10 @@ class RegistryWatcher:
         self.problem = "not connected yet"
         self.view_source = "none"
         """"none", "file" or "registry": where the current view came from."""
-        self._synced_at: float | None = None
         self._lost_at = time.monotonic()
         self._departures: dict[str, Departure] = {}
         self._rebuild_pending = False
         self._save_task: asyncio.Task[None] | None = None
-        self.events = 0
 
     # ---- state for metrics and /readyz ------------------------------------
 
@@ -152,11 +150,9 @@ class RegistryWatcher:
         self.problem = reason
 
     def _apply(self, event: pb.WatchEvent) -> None:
-        self.events += 1
         self._departures.update(self.view.apply(event))
         if event.kind == pb.WatchEvent.KIND_SNAPSHOT:
             self.view_source = "registry"
-            self._synced_at = time.monotonic()
         if not self._rebuild_pending:
             # Fold a burst of events into one rebuild.
             self._rebuild_pending = True
