@@ -335,12 +335,23 @@ async def test_malformed_client_is_closed_others_keep_working(
     assert answer.endswith(b"|ok")
 
 
+async def _unary_calls(relayed: Relayed) -> int:
+    """Unary calls the alias's engines have started, all together."""
+    stats = [await relayed.stack.stats_async(engine) for engine in ECHO]
+    return sum(int(s["calls"].get("Unary", 0)) for s in stats)
+
+
 async def test_graceful_close_lets_calls_in_flight_finish(relayed: Relayed) -> None:
     second = await start_relay(relayed.core, "127.0.0.1", 0)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as opened:
         metadata = alias_key("echo", ("x-sleep-ms", "300"))
+        before = await _unary_calls(relayed)
         call = unary(opened)(b"slow", metadata=metadata, timeout=WAIT_S)
-        await asyncio.sleep(0.1)  # the call is at the engine
+
+        async def at_the_engine() -> bool:
+            return await _unary_calls(relayed) > before
+
+        await wait_until_async(at_the_engine, WAIT_S, "the slow call never reached an engine")
         started = time.monotonic()
         await second.close(3.0)
         assert (await call).endswith(b"|slow")
