@@ -1,11 +1,13 @@
 # The usual verbs; each is a thin wrapper so the scripts stay the single source.
 PYTHON ?= .venv/bin/python
 
-.PHONY: install proto check test up bench
+.PHONY: install lock proto check test test-fast up bench
 
 install:
-	python3 -m venv .venv
-	$(PYTHON) -m pip install -e ".[dev]"
+	scripts/install.sh
+
+lock:
+	PYTHON=$(PYTHON) scripts/lock.sh
 
 proto:
 	PYTHON=$(PYTHON) scripts/gen_proto.sh
@@ -18,6 +20,9 @@ check:
 
 test:
 	PYTHON=$(PYTHON) scripts/test.sh
+
+test-fast:
+	PYTHON=$(PYTHON) scripts/test.sh -m "not slow"
 
 up:
 	.venv/bin/tidepool up

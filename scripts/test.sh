@@ -15,7 +15,7 @@ step "ruff"
 step "mypy"
 "$python" -m mypy || fail "mypy"
 step "pytest"
-"$python" -m pytest "$@"
+"$python" -m pytest --durations=20 "$@"
 status=$?
 if [ "$status" -eq 5 ]; then
   fail "pytest collected no tests"
