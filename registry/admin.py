@@ -98,6 +98,7 @@ class AdminOps:
         )
         core = self.core
         async with core.lock:
+            core.check_fence()
             await core.store.put_alias(alias)
             core.hub.publish(core.catalog.put_alias(alias, core.clock()))
         return alias
@@ -106,6 +107,7 @@ class AdminOps:
         validate_name(name, "name")
         core = self.core
         async with core.lock:
+            core.check_fence()
             if name not in core.catalog.aliases:
                 raise NotFoundError("alias", name)
             users = [t for t in core.catalog.tenants.values() if name in t.aliases]
@@ -131,6 +133,7 @@ class AdminOps:
             raise InvalidArgumentError("route.aliases", "must not repeat an alias")
         core = self.core
         async with core.lock:
+            core.check_fence()
             for index, alias in enumerate(route.aliases):
                 if alias not in core.catalog.aliases:
                     raise FailedPreconditionError(
@@ -145,6 +148,7 @@ class AdminOps:
         validate_lang(lang)
         core = self.core
         async with core.lock:
+            core.check_fence()
             if (tenant, lang) not in core.catalog.tenants:
                 raise NotFoundError("tenant route", f"{tenant}/{lang}")
             await core.store.delete_tenant(tenant, lang)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from registry.catalog import EngineStatus, InstanceView, LoadFigures, State
-from registry.records import AliasRecord, TenantRecord
+from registry.leadership import LeaderLease
+from registry.moves import MoveRequest
+from registry.records import MOVE_STATES, AliasRecord, MoveRecord, TenantRecord
 from tidepool.registry.v1 import registry_pb2 as pb
 
 STATE_TO_PB = {
@@ -88,3 +92,51 @@ def alias_to_pb(alias: AliasRecord) -> pb.Alias:
 
 def tenant_to_pb(tenant: TenantRecord) -> pb.TenantRoute:
     return pb.TenantRoute(tenant=tenant.tenant, lang=tenant.lang, aliases=list(tenant.aliases))
+
+
+MOVE_STATE_TO_PB: dict[str, Any] = {
+    name: getattr(pb.Move, "STATE_" + name.upper()) for name in MOVE_STATES
+}
+MOVE_STATE_FROM_PB = {number: name for name, number in MOVE_STATE_TO_PB.items()}
+
+
+def move_to_pb(move: MoveRecord) -> pb.Move:
+    return pb.Move(
+        id=move.id,
+        instance_id=move.instance_id,
+        from_pool=move.from_pool,
+        to_pool=move.to_pool,
+        state=MOVE_STATE_TO_PB[move.state],
+        reason=move.reason,
+        started_at=_timestamp(move.started_at),
+        updated_at=_timestamp(move.updated_at),
+        from_lang=move.from_lang,
+        to_lang=move.to_lang,
+    )
+
+
+def move_request_from_pb(move: pb.Move) -> MoveRequest:
+    """Decode a PutMove; an unset state means a new pending move."""
+    state = MOVE_STATE_FROM_PB.get(move.state, "pending" if not move.state else "?")
+    return MoveRequest(
+        id=move.id,
+        instance_id=move.instance_id,
+        to_pool=move.to_pool,
+        state=state,
+        reason=move.reason,
+        from_pool=move.from_pool,
+        from_lang=move.from_lang,
+        to_lang=move.to_lang,
+    )
+
+
+def leadership_to_pb(
+    lease: LeaderLease | None, fence: int, caller: str, now: float
+) -> pb.Leadership:
+    message = pb.Leadership(fence=fence)
+    if lease is not None:
+        message.holder = lease.holder
+        message.fence = lease.fence
+        message.granted = lease.holder == caller
+        message.remaining.FromNanoseconds(int(lease.remaining_s(now) * 1e9))
+    return message

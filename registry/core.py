@@ -16,8 +16,11 @@ from ipaddress import IPv4Address, IPv6Address
 from registry.address import AddressPolicy, check_claim, parse_address
 from registry.catalog import Catalog, EngineReport, EngineStatus, InstanceView, LoadFigures
 from registry.errors import FailedPreconditionError, NotFoundError, RateLimitedError
+from registry.fencing import PRESENTED_FENCE
+from registry.leadership import LeadershipTable
 from registry.lease import LeaseTable
 from registry.metrics import RegistryMetrics
+from registry.moves import MoveBook
 from registry.ratelimit import KeyedRateLimiter
 from registry.records import InstanceRecord, frozen_labels
 from registry.store import Store
@@ -71,6 +74,8 @@ class RegistryCore:
     wall: Callable[[], float] = time.time
     attachments: dict[str, Attachment] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    leadership: LeadershipTable = field(default_factory=LeadershipTable)
+    moves: MoveBook = field(default_factory=MoveBook)
 
     @property
     def leases(self) -> LeaseTable:
@@ -80,6 +85,18 @@ class RegistryCore:
         """Load durable state; instances known from before get a grace period to re-attach."""
         snapshot = await self.store.load()
         self.catalog.load(snapshot, self.clock(), restart_grace_s)
+        self.moves.load(snapshot.moves)
+        self.leadership.fence = snapshot.fence
+
+    def check_fence(self) -> None:
+        """Refuse the current call if it presents a fencing number that is not the leader's.
+
+        Called under the lock right before a write (calls without a number are
+        operators' own changes and pass).
+        """
+        presented = PRESENTED_FENCE.get()
+        if presented is not None:
+            self.leadership.check(presented, self.clock())
 
     def _publish(self, changes: list) -> None:  # type: ignore[type-arg]
         self.hub.publish(changes)
@@ -226,12 +243,14 @@ class RegistryCore:
     ) -> InstanceView:
         """Apply an admin change to an instance record: store first, then memory."""
         async with self.lock:
+            self.check_fence()
             record = change(self.catalog.get(instance_id))
             await self.store.put_instance(record)
             self._publish(self.catalog.put(record, self.clock(), self.clock()))
         return self.catalog.view(instance_id)
 
     def send_directive(self, instance_id: str, directive: pb.Directive) -> InstanceView:
+        self.check_fence()
         self.catalog.get(instance_id)
         attachment = self.attachments.get(instance_id)
         if attachment is None:

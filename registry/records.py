@@ -78,6 +78,39 @@ class TenantRecord:
     aliases: tuple[str, ...]
 
 
+MOVE_STATES = (
+    "pending",
+    "draining",
+    "switching",
+    "admitting",
+    "done",
+    "rolling_back",
+    "rolled_back",
+)
+"""A move's states in the order a successful one passes them (rolling back aside)."""
+FINISHED_MOVE_STATES = frozenset({"done", "rolled_back"})
+
+
+@dataclass(frozen=True)
+class MoveRecord:
+    """One engine moving between pools; kept so a new scheduler leader can resume it."""
+
+    id: str
+    instance_id: str
+    from_pool: str
+    to_pool: str
+    state: str
+    reason: str
+    started_at: float
+    updated_at: float
+    from_lang: str = ""
+    to_lang: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED_MOVE_STATES
+
+
 @dataclass(frozen=True)
 class StoreSnapshot:
     """Everything durable, as loaded at start-up."""
@@ -85,3 +118,6 @@ class StoreSnapshot:
     instances: tuple[InstanceRecord, ...] = ()
     aliases: tuple[AliasRecord, ...] = ()
     tenants: tuple[TenantRecord, ...] = ()
+    moves: tuple[MoveRecord, ...] = ()
+    fence: int = 0
+    """The last fencing number handed out; the next leader gets a higher one."""

@@ -34,7 +34,7 @@ from registry.ratelimit import KeyedRateLimiter
 from registry.sdk.channel import channel_options
 from registry.sdk.options import CommandParser, ConfigError, add_options, parse_host_port
 from registry.sdk.status_http import StatusServer
-from registry.servicer import AdminServicer, RegistryServicer
+from registry.servicer import AdminServicer, RegistryServicer, SchedulingServicer
 from registry.store import EmbeddedStore, Store
 from registry.watch import WatchHub
 from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
@@ -162,6 +162,7 @@ def build_server(config: RegistryConfig, store: Store | None = None) -> Registry
         server,
     )
     pb_grpc.add_AdminServicer_to_server(AdminServicer(core, auth), server)
+    pb_grpc.add_SchedulingServicer_to_server(SchedulingServicer(core, auth), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     credentials = _credentials(config)

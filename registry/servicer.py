@@ -24,11 +24,16 @@ from registry.convert import (
     ENGINE_STATUS_FROM_PB,
     alias_to_pb,
     instance_to_pb,
+    leadership_to_pb,
     load_from_pb,
+    move_request_from_pb,
+    move_to_pb,
     tenant_to_pb,
 )
 from registry.core import Attachment, Registration, RegistryCore
-from registry.errors import InvalidArgumentError, RegistryError
+from registry.errors import FailedPreconditionError, InvalidArgumentError, RegistryError
+from registry.fencing import PRESENTED_FENCE, read_fence
+from registry.scheduling import SchedulingOps
 from registry.validation import validate_instance_id, validate_lang, validate_name
 from registry.watch import WatchTarget
 from tidepool.registry.v1 import registry_pb2 as pb
@@ -56,7 +61,9 @@ def unary(role: Role) -> Callable[[Handler], Handler]:
         @functools.wraps(method)
         async def handler(self: _Base, request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                self.auth.check(role, context.invocation_metadata())
+                metadata = context.invocation_metadata()
+                self.auth.check(role, metadata)
+                PRESENTED_FENCE.set(read_fence(metadata))
                 return await asyncio.wait_for(method(self, request, context), UNARY_TIMEOUT_S)
             except Exception as exc:
                 await _abort(context, exc, self.core.metrics)
@@ -297,3 +304,56 @@ class AdminServicer(_Base, pb_grpc.AdminServicer):
     async def DeleteTenant(self, request: pb.DeleteTenantRequest, context: Any) -> Any:
         await self.ops.delete_tenant(request.tenant, request.lang)
         return pb.DeleteTenantResponse()
+
+
+class SchedulingServicer(_Base, pb_grpc.SchedulingServicer):
+    """The scheduler's leadership, moves and pool status; writes need the admin token."""
+
+    def __init__(self, core: RegistryCore, auth: TokenAuth) -> None:
+        super().__init__(core, auth)
+        self.ops = SchedulingOps(core)
+
+    def _leadership(self, caller: str) -> pb.Leadership:
+        return leadership_to_pb(
+            self.ops.leader(), self.core.leadership.fence, caller, self.core.clock()
+        )
+
+    @unary(Role.ADMIN)
+    async def AcquireLeadership(self, request: Any, context: Any) -> pb.Leadership:
+        ttl_s = request.ttl.ToNanoseconds() / 1e9
+        try:
+            await self.ops.acquire(request.holder, ttl_s)
+        except FailedPreconditionError:
+            pass  # held by someone else: say who, with granted=false
+        return self._leadership(request.holder)
+
+    @unary(Role.ADMIN)
+    async def ReleaseLeadership(self, request: Any, context: Any) -> pb.Leadership:
+        await self.ops.release(request.holder)
+        return self._leadership(request.holder)
+
+    @unary(Role.READ)
+    async def GetLeadership(self, request: Any, context: Any) -> pb.Leadership:
+        return self._leadership("")
+
+    @unary(Role.ADMIN)
+    async def PutMove(self, request: pb.PutMoveRequest, context: Any) -> pb.Move:
+        return move_to_pb(await self.ops.put_move(move_request_from_pb(request.move)))
+
+    @unary(Role.READ)
+    async def ListMoves(self, request: Any, context: Any) -> pb.ListMovesResponse:
+        return pb.ListMovesResponse(moves=[move_to_pb(m) for m in self.ops.list_moves()])
+
+    @unary(Role.ADMIN)
+    async def PutPools(self, request: pb.PutPoolsRequest, context: Any) -> Any:
+        await self.ops.put_pools(list(request.pools))
+        return pb.PutPoolsResponse()
+
+    @unary(Role.READ)
+    async def ListPools(self, request: Any, context: Any) -> pb.ListPoolsResponse:
+        published = self.ops.published
+        response = pb.ListPoolsResponse(pools=published.pools, leader=published.leader)
+        if published.published_at is not None:
+            age_s = max(0.0, self.core.clock() - published.published_at)
+            response.age.FromNanoseconds(int(age_s * 1e9))
+        return response

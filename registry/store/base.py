@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from registry.records import AliasRecord, InstanceRecord, StoreSnapshot, TenantRecord
+from registry.records import (
+    AliasRecord,
+    InstanceRecord,
+    MoveRecord,
+    StoreSnapshot,
+    TenantRecord,
+)
 
 
 class Store(Protocol):
@@ -23,5 +29,13 @@ class Store(Protocol):
     async def put_tenant(self, tenant: TenantRecord) -> None: ...
 
     async def delete_tenant(self, tenant: str, lang: str) -> None: ...
+
+    async def put_move(self, move: MoveRecord) -> None: ...
+
+    async def delete_move(self, move_id: str) -> None: ...
+
+    async def next_fence(self) -> int:
+        """Durably increment and return the fencing number (never the same twice)."""
+        ...
 
     async def close(self) -> None: ...

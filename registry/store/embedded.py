@@ -9,6 +9,7 @@ the event loop must never block on disk.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from registry.errors import StoreUnavailableError
 from registry.records import (
     AliasRecord,
     InstanceRecord,
+    MoveRecord,
     StoreSnapshot,
     TenantRecord,
     frozen_labels,
@@ -35,6 +37,7 @@ CREATE TABLE IF NOT EXISTS aliases (name TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tenants (
     tenant TEXT NOT NULL, lang TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (tenant, lang)
 );
+CREATE TABLE IF NOT EXISTS moves (id TEXT PRIMARY KEY, body TEXT NOT NULL);
 """
 
 
@@ -124,7 +127,15 @@ class EmbeddedStore:
             for (body,) in db.execute("SELECT body FROM tenants"):
                 data = json.loads(body)
                 tenants.append(TenantRecord(data["tenant"], data["lang"], tuple(data["aliases"])))
-            return StoreSnapshot(tuple(instances), tuple(aliases), tuple(tenants))
+            moves = [MoveRecord(**json.loads(b)) for (b,) in db.execute("SELECT body FROM moves")]
+            row = db.execute("SELECT value FROM meta WHERE key='fence'").fetchone()
+            return StoreSnapshot(
+                tuple(instances),
+                tuple(aliases),
+                tuple(tenants),
+                tuple(moves),
+                int(row[0]) if row else 0,
+            )
 
         return await self._run(read)
 
@@ -161,6 +172,24 @@ class EmbeddedStore:
 
     async def delete_tenant(self, tenant: str, lang: str) -> None:
         await self._write("DELETE FROM tenants WHERE tenant = ? AND lang = ?", (tenant, lang))
+
+    async def put_move(self, move: MoveRecord) -> None:
+        body = json.dumps(dataclasses.asdict(move), sort_keys=True)
+        await self._write("INSERT OR REPLACE INTO moves VALUES (?, ?)", (move.id, body))
+
+    async def delete_move(self, move_id: str) -> None:
+        await self._write("DELETE FROM moves WHERE id = ?", (move_id,))
+
+    async def next_fence(self) -> int:
+        def bump(db: sqlite3.Connection) -> int:
+            db.execute(
+                "INSERT INTO meta VALUES ('fence', '1') "
+                "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+            )
+            (value,) = db.execute("SELECT value FROM meta WHERE key='fence'").fetchone()
+            return int(value)
+
+        return await self._run(bump)
 
     async def close(self) -> None:
         def shut(db: sqlite3.Connection) -> None:

@@ -51,6 +51,10 @@ class Clients:
         return pb_grpc.AdminStub(self.channel)
 
     @property
+    def scheduling(self) -> pb_grpc.SchedulingStub:
+        return pb_grpc.SchedulingStub(self.channel)
+
+    @property
     def md(self) -> tuple[tuple[str, str], ...]:
         return auth_metadata(self.token)
 

@@ -369,3 +369,145 @@ class DeleteTenantRequest(_message.Message):
 class DeleteTenantResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class Leadership(_message.Message):
+    __slots__ = ("holder", "fence", "remaining", "granted")
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    holder: str
+    fence: int
+    remaining: _duration_pb2.Duration
+    granted: bool
+    def __init__(self, holder: _Optional[str] = ..., fence: _Optional[int] = ..., remaining: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., granted: _Optional[bool] = ...) -> None: ...
+
+class AcquireLeadershipRequest(_message.Message):
+    __slots__ = ("holder", "ttl")
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    holder: str
+    ttl: _duration_pb2.Duration
+    def __init__(self, holder: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class ReleaseLeadershipRequest(_message.Message):
+    __slots__ = ("holder",)
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    holder: str
+    def __init__(self, holder: _Optional[str] = ...) -> None: ...
+
+class GetLeadershipRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Move(_message.Message):
+    __slots__ = ("id", "instance_id", "from_pool", "to_pool", "state", "reason", "started_at", "updated_at", "from_lang", "to_lang")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[Move.State]
+        STATE_PENDING: _ClassVar[Move.State]
+        STATE_DRAINING: _ClassVar[Move.State]
+        STATE_SWITCHING: _ClassVar[Move.State]
+        STATE_ADMITTING: _ClassVar[Move.State]
+        STATE_DONE: _ClassVar[Move.State]
+        STATE_ROLLING_BACK: _ClassVar[Move.State]
+        STATE_ROLLED_BACK: _ClassVar[Move.State]
+    STATE_UNSPECIFIED: Move.State
+    STATE_PENDING: Move.State
+    STATE_DRAINING: Move.State
+    STATE_SWITCHING: Move.State
+    STATE_ADMITTING: Move.State
+    STATE_DONE: Move.State
+    STATE_ROLLING_BACK: Move.State
+    STATE_ROLLED_BACK: Move.State
+    ID_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_POOL_FIELD_NUMBER: _ClassVar[int]
+    TO_POOL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    FROM_LANG_FIELD_NUMBER: _ClassVar[int]
+    TO_LANG_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    instance_id: str
+    from_pool: str
+    to_pool: str
+    state: Move.State
+    reason: str
+    started_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    from_lang: str
+    to_lang: str
+    def __init__(self, id: _Optional[str] = ..., instance_id: _Optional[str] = ..., from_pool: _Optional[str] = ..., to_pool: _Optional[str] = ..., state: _Optional[_Union[Move.State, str]] = ..., reason: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., from_lang: _Optional[str] = ..., to_lang: _Optional[str] = ...) -> None: ...
+
+class PutMoveRequest(_message.Message):
+    __slots__ = ("move",)
+    MOVE_FIELD_NUMBER: _ClassVar[int]
+    move: Move
+    def __init__(self, move: _Optional[_Union[Move, _Mapping]] = ...) -> None: ...
+
+class ListMovesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListMovesResponse(_message.Message):
+    __slots__ = ("moves",)
+    MOVES_FIELD_NUMBER: _ClassVar[int]
+    moves: _containers.RepeatedCompositeFieldContainer[Move]
+    def __init__(self, moves: _Optional[_Iterable[_Union[Move, _Mapping]]] = ...) -> None: ...
+
+class PoolStatus(_message.Message):
+    __slots__ = ("name", "lang", "size", "ready", "moving_in", "moving_out", "utilization", "desired", "min", "max", "target_utilization", "high_watermark", "low_watermark")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LANG_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    MOVING_IN_FIELD_NUMBER: _ClassVar[int]
+    MOVING_OUT_FIELD_NUMBER: _ClassVar[int]
+    UTILIZATION_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    TARGET_UTILIZATION_FIELD_NUMBER: _ClassVar[int]
+    HIGH_WATERMARK_FIELD_NUMBER: _ClassVar[int]
+    LOW_WATERMARK_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    lang: str
+    size: int
+    ready: int
+    moving_in: int
+    moving_out: int
+    utilization: float
+    desired: int
+    min: int
+    max: int
+    target_utilization: float
+    high_watermark: float
+    low_watermark: float
+    def __init__(self, name: _Optional[str] = ..., lang: _Optional[str] = ..., size: _Optional[int] = ..., ready: _Optional[int] = ..., moving_in: _Optional[int] = ..., moving_out: _Optional[int] = ..., utilization: _Optional[float] = ..., desired: _Optional[int] = ..., min: _Optional[int] = ..., max: _Optional[int] = ..., target_utilization: _Optional[float] = ..., high_watermark: _Optional[float] = ..., low_watermark: _Optional[float] = ...) -> None: ...
+
+class PutPoolsRequest(_message.Message):
+    __slots__ = ("pools",)
+    POOLS_FIELD_NUMBER: _ClassVar[int]
+    pools: _containers.RepeatedCompositeFieldContainer[PoolStatus]
+    def __init__(self, pools: _Optional[_Iterable[_Union[PoolStatus, _Mapping]]] = ...) -> None: ...
+
+class PutPoolsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListPoolsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListPoolsResponse(_message.Message):
+    __slots__ = ("pools", "leader", "age")
+    POOLS_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    AGE_FIELD_NUMBER: _ClassVar[int]
+    pools: _containers.RepeatedCompositeFieldContainer[PoolStatus]
+    leader: str
+    age: _duration_pb2.Duration
+    def __init__(self, pools: _Optional[_Iterable[_Union[PoolStatus, _Mapping]]] = ..., leader: _Optional[str] = ..., age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...

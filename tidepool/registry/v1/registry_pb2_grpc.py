@@ -825,3 +825,351 @@ class Admin:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class SchedulingStub:
+    """What the pool scheduler keeps in the registry: its leadership (with a fencing number),
+    its moves (persisted, so a new leader resumes them) and the pool status it publishes.
+    Every write the scheduler makes, here and on Admin, carries metadata
+    `x-tidepool-fence: N`; the registry refuses a number that is not the current leader's.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.AcquireLeadership = channel.unary_unary(
+                '/tidepool.registry.v1.Scheduling/AcquireLeadership',
+                request_serializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.AcquireLeadershipRequest.SerializeToString,
+                response_deserializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.Leadership.FromString,
+                _registered_method=True)
+        self.ReleaseLeadership = channel.unary_unary(
+                '/tidepool.registry.v1.Scheduling/ReleaseLeadership',
+                request_serializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.ReleaseLeadershipRequest.SerializeToString,
+                response_deserializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.Leadership.FromString,
+                _registered_method=True)
+        self.GetLeadership = channel.unary_unary(
+                '/tidepool.registry.v1.Scheduling/GetLeadership',
+                request_serializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.GetLeadershipRequest.SerializeToString,
+                response_deserializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.Leadership.FromString,
+                _registered_method=True)
+        self.PutMove = channel.unary_unary(
+                '/tidepool.registry.v1.Scheduling/PutMove',
+                request_serializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.PutMoveRequest.SerializeToString,
+                response_deserializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.Move.FromString,
+                _registered_method=True)
+        self.ListMoves = channel.unary_unary(
+                '/tidepool.registry.v1.Scheduling/ListMoves',
+                request_serializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.ListMovesRequest.SerializeToString,
+                response_deserializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.ListMovesResponse.FromString,
+                _registered_method=True)
+        self.PutPools = channel.unary_unary(
+                '/tidepool.registry.v1.Scheduling/PutPools',
+                request_serializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.PutPoolsRequest.SerializeToString,
+                response_deserializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.PutPoolsResponse.FromString,
+                _registered_method=True)
+        self.ListPools = channel.unary_unary(
+                '/tidepool.registry.v1.Scheduling/ListPools',
+                request_serializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.ListPoolsRequest.SerializeToString,
+                response_deserializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.ListPoolsResponse.FromString,
+                _registered_method=True)
+
+
+class SchedulingServicer:
+    """What the pool scheduler keeps in the registry: its leadership (with a fencing number),
+    its moves (persisted, so a new leader resumes them) and the pool status it publishes.
+    Every write the scheduler makes, here and on Admin, carries metadata
+    `x-tidepool-fence: N`; the registry refuses a number that is not the current leader's.
+    """
+
+    def AcquireLeadership(self, request, context):
+        """Take the leadership, or keep it (call again before the TTL runs out). Needs admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseLeadership(self, request, context):
+        """Give the leadership up at once, so a standby need not wait for the TTL. Needs admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLeadership(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutMove(self, request, context):
+        """Create a move (state PENDING, no fence needed: `tidepool ctl move`) or, from the
+        leader, create or update one in any state. Needs admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMoves(self, request, context):
+        """Moves in flight, then the most recent finished ones (at most 100).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutPools(self, request, context):
+        """The leader's view of its pools, replaced whole at every control-loop tick. Needs admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPools(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_SchedulingServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'AcquireLeadership': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcquireLeadership,
+                    request_deserializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.AcquireLeadershipRequest.FromString,
+                    response_serializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.Leadership.SerializeToString,
+            ),
+            'ReleaseLeadership': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseLeadership,
+                    request_deserializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.ReleaseLeadershipRequest.FromString,
+                    response_serializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.Leadership.SerializeToString,
+            ),
+            'GetLeadership': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLeadership,
+                    request_deserializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.GetLeadershipRequest.FromString,
+                    response_serializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.Leadership.SerializeToString,
+            ),
+            'PutMove': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutMove,
+                    request_deserializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.PutMoveRequest.FromString,
+                    response_serializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.Move.SerializeToString,
+            ),
+            'ListMoves': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMoves,
+                    request_deserializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.ListMovesRequest.FromString,
+                    response_serializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.ListMovesResponse.SerializeToString,
+            ),
+            'PutPools': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutPools,
+                    request_deserializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.PutPoolsRequest.FromString,
+                    response_serializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.PutPoolsResponse.SerializeToString,
+            ),
+            'ListPools': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPools,
+                    request_deserializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.ListPoolsRequest.FromString,
+                    response_serializer=tidepool_dot_registry_dot_v1_dot_registry__pb2.ListPoolsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'tidepool.registry.v1.Scheduling', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('tidepool.registry.v1.Scheduling', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Scheduling:
+    """What the pool scheduler keeps in the registry: its leadership (with a fencing number),
+    its moves (persisted, so a new leader resumes them) and the pool status it publishes.
+    Every write the scheduler makes, here and on Admin, carries metadata
+    `x-tidepool-fence: N`; the registry refuses a number that is not the current leader's.
+    """
+
+    @staticmethod
+    def AcquireLeadership(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidepool.registry.v1.Scheduling/AcquireLeadership',
+            tidepool_dot_registry_dot_v1_dot_registry__pb2.AcquireLeadershipRequest.SerializeToString,
+            tidepool_dot_registry_dot_v1_dot_registry__pb2.Leadership.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseLeadership(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidepool.registry.v1.Scheduling/ReleaseLeadership',
+            tidepool_dot_registry_dot_v1_dot_registry__pb2.ReleaseLeadershipRequest.SerializeToString,
+            tidepool_dot_registry_dot_v1_dot_registry__pb2.Leadership.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLeadership(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidepool.registry.v1.Scheduling/GetLeadership',
+            tidepool_dot_registry_dot_v1_dot_registry__pb2.GetLeadershipRequest.SerializeToString,
+            tidepool_dot_registry_dot_v1_dot_registry__pb2.Leadership.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutMove(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidepool.registry.v1.Scheduling/PutMove',
+            tidepool_dot_registry_dot_v1_dot_registry__pb2.PutMoveRequest.SerializeToString,
+            tidepool_dot_registry_dot_v1_dot_registry__pb2.Move.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMoves(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidepool.registry.v1.Scheduling/ListMoves',
+            tidepool_dot_registry_dot_v1_dot_registry__pb2.ListMovesRequest.SerializeToString,
+            tidepool_dot_registry_dot_v1_dot_registry__pb2.ListMovesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutPools(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidepool.registry.v1.Scheduling/PutPools',
+            tidepool_dot_registry_dot_v1_dot_registry__pb2.PutPoolsRequest.SerializeToString,
+            tidepool_dot_registry_dot_v1_dot_registry__pb2.PutPoolsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPools(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidepool.registry.v1.Scheduling/ListPools',
+            tidepool_dot_registry_dot_v1_dot_registry__pb2.ListPoolsRequest.SerializeToString,
+            tidepool_dot_registry_dot_v1_dot_registry__pb2.ListPoolsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

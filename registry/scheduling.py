@@ -1,0 +1,92 @@
+"""Scheduler coordination in the registry: the leader lease, moves and published pool status.
+
+Moves and the fencing number are durable (store first, then memory); the lease
+and the pool status are memory only: after a registry restart the scheduler
+takes the leadership again (with a higher fence) and republishes its pools.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from registry.core import RegistryCore
+from registry.errors import FailedPreconditionError, InvalidArgumentError
+from registry.fencing import PRESENTED_FENCE
+from registry.leadership import MAX_TTL_S, MIN_TTL_S, LeaderLease
+from registry.moves import MoveRequest
+from registry.records import MoveRecord
+from registry.validation import validate_instance_id
+from tidepool.registry.v1 import registry_pb2 as pb
+
+MAX_POOLS = 256
+
+
+@dataclass
+class PublishedPools:
+    pools: tuple[pb.PoolStatus, ...] = ()
+    leader: str = ""
+    published_at: float | None = None
+
+
+@dataclass
+class SchedulingOps:
+    core: RegistryCore
+    published: PublishedPools = field(default_factory=PublishedPools)
+
+    async def acquire(self, holder: str, ttl_s: float) -> LeaderLease:
+        holder = validate_instance_id(holder, "holder")
+        if not MIN_TTL_S <= ttl_s <= MAX_TTL_S:
+            raise InvalidArgumentError(
+                "ttl", f"must be {MIN_TTL_S}s to {MAX_TTL_S:g}s, got {ttl_s}s"
+            )
+        core = self.core
+        async with core.lock:
+            table = core.leadership
+            fence = table.fence
+            if table.needs_new_fence(holder, core.clock()):
+                fence = await core.store.next_fence()
+            else:
+                current = table.current(core.clock())
+                fence = current.fence if current is not None else fence
+            return table.grant(holder, fence, ttl_s, core.clock())
+
+    async def release(self, holder: str) -> None:
+        holder = validate_instance_id(holder, "holder")
+        async with self.core.lock:
+            self.core.leadership.release(holder, self.core.clock())
+
+    def leader(self) -> LeaderLease | None:
+        return self.core.leadership.current(self.core.clock())
+
+    async def put_move(self, request: MoveRequest) -> MoveRecord:
+        core = self.core
+        fenced = PRESENTED_FENCE.get() is not None
+        async with core.lock:
+            core.check_fence()
+            record = core.catalog.records.get(request.instance_id)
+            labels = record.labels if record is not None else None
+            move = core.moves.prepare(request, labels, fenced=fenced, now=core.wall())
+            await core.store.put_move(move)
+            evicted = core.moves.put(move)
+            for move_id in evicted:
+                await core.store.delete_move(move_id)
+                core.moves.drop(move_id)
+        return move
+
+    def list_moves(self) -> list[MoveRecord]:
+        return self.core.moves.listing()
+
+    async def put_pools(self, pools: list[pb.PoolStatus]) -> None:
+        if len(pools) > MAX_POOLS:
+            raise InvalidArgumentError("pools", f"at most {MAX_POOLS} pools, got {len(pools)}")
+        if PRESENTED_FENCE.get() is None:
+            raise FailedPreconditionError(
+                "x-tidepool-fence: only the scheduler leader publishes pool status"
+            )
+        core = self.core
+        async with core.lock:
+            core.check_fence()
+            leader = core.leadership.current(core.clock())
+            self.published = PublishedPools(
+                tuple(pools), leader.holder if leader else "", core.clock()
+            )
