@@ -116,8 +116,8 @@ def move_to_pb(move: MoveRecord) -> pb.Move:
 
 
 def move_request_from_pb(move: pb.Move) -> MoveRequest:
-    """Decode a PutMove; an unset state means a new pending move."""
-    state = MOVE_STATE_FROM_PB.get(move.state, "pending" if not move.state else "?")
+    """Decode a PutMove; an unset state is "" (pending for a new move, unchanged for an update)."""
+    state = MOVE_STATE_FROM_PB.get(move.state, "" if not move.state else "?")
     return MoveRequest(
         id=move.id,
         instance_id=move.instance_id,

@@ -22,7 +22,8 @@ def read_fence(metadata: Iterable[tuple[str, str | bytes]] | None) -> int | None
         if key != FENCE_HEADER:
             continue
         text = value.decode() if isinstance(value, bytes) else value
-        if not text.isdigit() or len(text) > 19:
+        # isascii: str.isdigit also accepts digits like '²' that int() refuses.
+        if not (text.isascii() and text.isdigit()) or len(text) > 19:
             raise InvalidArgumentError(FENCE_HEADER, f"must be a whole number, got {text[:40]!r}")
         return int(text)
     return None

@@ -65,7 +65,7 @@ class MoveBook:
         now: float,
     ) -> MoveRecord:
         """The record a request makes, or an error naming the field; changes nothing."""
-        if request.state not in MOVE_STATES:
+        if request.state and request.state not in MOVE_STATES:
             raise InvalidArgumentError("move.state", f"unknown state {request.state!r}")
         if request.id:
             if not fenced:
@@ -97,7 +97,8 @@ class MoveBook:
             raise FailedPreconditionError(
                 f"move.to_pool: {instance_id!r} is already in {to_pool!r}"
             )
-        if not fenced and request.state != "pending":
+        state = request.state or "pending"
+        if not fenced and state != "pending":
             raise InvalidArgumentError(
                 "move.state", "a new move from outside the scheduler must be pending"
             )
@@ -111,7 +112,7 @@ class MoveBook:
             instance_id=instance_id,
             from_pool=from_pool,
             to_pool=to_pool,
-            state=request.state,
+            state=state,
             reason=request.reason[:500] or "manual",
             started_at=now,
             updated_at=now,
@@ -129,7 +130,7 @@ class MoveBook:
             raise InvalidArgumentError("move.instance_id", "a move cannot change its instance")
         return replace(
             existing,
-            state=request.state,
+            state=request.state or existing.state,
             reason=request.reason[:500] or existing.reason,
             updated_at=now,
             from_lang=_lang(request.from_lang, "move.from_lang") or existing.from_lang,

@@ -1,0 +1,1 @@
+"""The pool scheduler: admission, tenant lists, tide moves and pool-level scaling."""

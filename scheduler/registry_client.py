@@ -1,0 +1,195 @@
+"""The scheduler's registry adapter: listings in, labels, drains, directives and moves out.
+
+Every write carries the leader's fencing number (`x-tidepool-fence`), so a
+scheduler that lost its leadership cannot change anything. gRPC errors become
+`RegistryCallError` (or `FencedError`) here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from registry.sdk import auth_metadata, open_channel
+from scheduler.errors import FencedError, RegistryCallError
+from scheduler.fleet import HOME_LABEL, POOL_LABEL, PROVIDER_LABEL, Engine, MoveView
+from tidepool.registry.v1 import registry_pb2 as pb
+from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+CALL_TIMEOUT_S = 5.0
+FENCE_HEADER = "x-tidepool-fence"
+STATE_NAMES = {
+    pb.INSTANCE_STATE_READY: "ready",
+    pb.INSTANCE_STATE_DRAINING: "draining",
+    pb.INSTANCE_STATE_SWITCHING: "switching",
+    pb.INSTANCE_STATE_STALLED: "stalled",
+    pb.INSTANCE_STATE_UNHEALTHY: "unhealthy",
+}
+MOVE_STATES = {
+    pb.Move.STATE_PENDING: "pending",
+    pb.Move.STATE_DRAINING: "draining",
+    pb.Move.STATE_SWITCHING: "switching",
+    pb.Move.STATE_ADMITTING: "admitting",
+    pb.Move.STATE_DONE: "done",
+    pb.Move.STATE_ROLLING_BACK: "rolling_back",
+    pb.Move.STATE_ROLLED_BACK: "rolled_back",
+}
+MOVE_STATE_NUMBERS = {name: number for number, name in MOVE_STATES.items()}
+
+
+def engine_from_pb(instance: Any) -> Engine:
+    labels = instance.labels
+    return Engine(
+        id=instance.id,
+        lang=labels.get("lang", ""),
+        tier=labels.get("tier", ""),
+        weight=instance.weight,
+        slots=instance.load.slots or instance.capacity,
+        state=STATE_NAMES.get(instance.state, "unknown"),
+        in_flight=instance.load.in_flight,
+        queued=instance.load.queued,
+        pool=labels.get(POOL_LABEL, ""),
+        home=labels.get(HOME_LABEL, ""),
+        provider=labels.get(PROVIDER_LABEL, ""),
+        admin_drained=instance.admin_drained,
+        registered_at=instance.registered_at.ToNanoseconds() / 1e9,
+    )
+
+
+def move_from_pb(move: Any) -> MoveView:
+    return MoveView(
+        id=move.id,
+        instance_id=move.instance_id,
+        from_pool=move.from_pool,
+        to_pool=move.to_pool,
+        state=MOVE_STATES.get(move.state, "pending"),
+        reason=move.reason,
+        started_at=move.started_at.ToNanoseconds() / 1e9,
+        updated_at=move.updated_at.ToNanoseconds() / 1e9,
+        from_lang=move.from_lang,
+        to_lang=move.to_lang,
+    )
+
+
+class SchedulerRegistry:
+    """Async stubs with the admin token and, once leading, the fencing number."""
+
+    def __init__(self, target: str, token: str | None) -> None:
+        self.target = target
+        self._channel = open_channel(target)
+        self._auth = auth_metadata(token)
+        self.fence: int | None = None
+        self._registry = pb_grpc.RegistryStub(self._channel)
+        self._admin = pb_grpc.AdminStub(self._channel)
+        self._scheduling = pb_grpc.SchedulingStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, name: str, method: Callable[..., Awaitable[T]], request: Any) -> T:
+        metadata = self._auth
+        if self.fence is not None:
+            metadata = (*metadata, (FENCE_HEADER, str(self.fence)))
+        try:
+            return await method(request, timeout=CALL_TIMEOUT_S, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            code, details = exc.code(), exc.details() or ""
+            error = FencedError if "x-tidepool-fence" in details else RegistryCallError
+            raise error(name, code.name, details) from None
+
+    # ---- leadership -------------------------------------------------------
+
+    async def acquire(self, holder: str, ttl_s: float) -> Any:
+        request = pb.AcquireLeadershipRequest(holder=holder)
+        request.ttl.FromNanoseconds(int(ttl_s * 1e9))
+        return await self._call("AcquireLeadership", self._scheduling.AcquireLeadership, request)
+
+    async def release(self, holder: str) -> None:
+        request = pb.ReleaseLeadershipRequest(holder=holder)
+        await self._call("ReleaseLeadership", self._scheduling.ReleaseLeadership, request)
+
+    # ---- reads ------------------------------------------------------------
+
+    async def engines(self) -> list[Engine]:
+        response = await self._call(
+            "ListInstances", self._registry.ListInstances, pb.ListInstancesRequest()
+        )
+        return [engine_from_pb(i) for i in response.instances]
+
+    async def moves(self) -> list[MoveView]:
+        response = await self._call("ListMoves", self._scheduling.ListMoves, pb.ListMovesRequest())
+        return [move_from_pb(m) for m in response.moves]
+
+    async def aliases(self) -> dict[str, str]:
+        response = await self._call(
+            "ListAliases", self._registry.ListAliases, pb.ListAliasesRequest()
+        )
+        return {a.name: a.selector for a in response.aliases}
+
+    async def tenants(self) -> dict[tuple[str, str], tuple[str, ...]]:
+        response = await self._call(
+            "ListTenants", self._registry.ListTenants, pb.ListTenantsRequest()
+        )
+        return {(t.tenant, t.lang): tuple(t.aliases) for t in response.tenants}
+
+    # ---- writes (fenced) --------------------------------------------------
+
+    async def set_pool(self, instance_id: str, pool: str, home: str) -> None:
+        labels = {POOL_LABEL: pool, **({HOME_LABEL: home} if home else {})}
+        request = pb.SetLabelsRequest(instance_id=instance_id, set=labels)
+        await self._call("SetLabels", self._admin.SetLabels, request)
+
+    async def drain(self, instance_id: str) -> None:
+        await self._call("Drain", self._admin.Drain, pb.DrainRequest(instance_id=instance_id))
+
+    async def restore(self, instance_id: str) -> None:
+        request = pb.RestoreRequest(instance_id=instance_id)
+        await self._call("Restore", self._admin.Restore, request)
+
+    async def switch_model(self, instance_id: str, lang: str) -> None:
+        directive = pb.Directive(kind=pb.Directive.KIND_SWITCH_MODEL, model=lang)
+        request = pb.SendDirectiveRequest(instance_id=instance_id, directive=directive)
+        await self._call("SendDirective", self._admin.SendDirective, request)
+
+    async def put_alias(self, name: str, selector: str) -> None:
+        request = pb.PutAliasRequest(alias=pb.Alias(name=name, selector=selector))
+        await self._call("PutAlias", self._admin.PutAlias, request)
+
+    async def put_tenant(self, tenant: str, lang: str, aliases: tuple[str, ...]) -> None:
+        route = pb.TenantRoute(tenant=tenant, lang=lang, aliases=list(aliases))
+        await self._call("PutTenant", self._admin.PutTenant, pb.PutTenantRequest(route=route))
+
+    async def create_move(
+        self, instance_id: str, to_pool: str, reason: str, from_lang: str, to_lang: str
+    ) -> MoveView:
+        move = pb.Move(
+            instance_id=instance_id,
+            to_pool=to_pool,
+            state=pb.Move.STATE_PENDING,
+            reason=reason,
+            from_lang=from_lang,
+            to_lang=to_lang,
+        )
+        stored = await self._call("PutMove", self._scheduling.PutMove, pb.PutMoveRequest(move=move))
+        return move_from_pb(stored)
+
+    async def update_move(
+        self, move: MoveView, state: str, reason: str, from_lang: str = "", to_lang: str = ""
+    ) -> MoveView:
+        message = pb.Move(
+            id=move.id,
+            instance_id=move.instance_id,
+            state=MOVE_STATE_NUMBERS[state],
+            reason=reason,
+            from_lang=from_lang,
+            to_lang=to_lang,
+        )
+        request = pb.PutMoveRequest(move=message)
+        return move_from_pb(await self._call("PutMove", self._scheduling.PutMove, request))
+
+    async def put_pools(self, pools: list[pb.PoolStatus]) -> None:
+        request = pb.PutPoolsRequest(pools=pools)
+        await self._call("PutPools", self._scheduling.PutPools, request)
