@@ -18,6 +18,10 @@ METHODS = (
 # The routing contract of DESIGN §3 (the router reads the same keys).
 ALIAS_KEY, TENANT_KEY, LANG_KEY = "x-tidepool-alias", "x-tidepool-tenant", "x-tidepool-lang"
 TEXTS = {"zh": "ni hao shi jie", "en": "hello world"}
+"""A short reference text per language the engines serve (its keys are the languages)."""
+DEFAULT_LANG = "zh"
+MAX_ERROR_RATE = 0.01
+"""Default share of calls that may fail before the run exits 3."""
 PROGRESS_INTERVAL_S = 1.0
 START_DELAY_S = 0.2
 """Workers start together this long after the parent sends the start time."""
@@ -48,6 +52,27 @@ class LoadConfigError(ValueError):
         self.problem = problem
 
 
+class LangConflictError(LoadConfigError):
+    """`lang` names another language than the routing key `other` (a field) implies."""
+
+    def __init__(self, lang: str, other: str, other_value: str, implied: str) -> None:
+        super().__init__("lang", f"{lang!r} contradicts {other} {other_value!r} ({implied})")
+        self.lang = lang
+        self.other = other
+        self.other_value = other_value
+        self.implied = implied
+
+
+def alias_lang(alias: str) -> str | None:
+    """The language an alias's name implies: `zh-…` or `…-zh` is zh, likewise en.
+
+    None when the name implies none, or both (`zh-to-en`): a guess there would
+    be as likely wrong as right.
+    """
+    implied = {lang for lang in TEXTS if alias.startswith(f"{lang}-") or alias.endswith(f"-{lang}")}
+    return implied.pop() if len(implied) == 1 else None
+
+
 @dataclass(frozen=True)
 class LoadConfig:
     """What load to offer and where. Durations in seconds, rates per second."""
@@ -63,13 +88,15 @@ class LoadConfig:
     chunks: int = 4
     """Messages per EvaluateStream call."""
     audio_bytes: int = 1024
-    lang: str = "zh"
+    lang: str | None = None
+    """The requests' lang field; unset: the language the route implies (see
+    `request_lang`), else zh. Set and contradicting the route: LangConflictError."""
     text: str | None = None
     """Reference text; unset: a short phrase in `lang`."""
     alias: str | None = None
     tenant: str | None = None
     route_lang: str | None = None
-    """x-tidepool-lang; unset: `lang` when a tenant is given, else not sent."""
+    """x-tidepool-lang; unset: `request_lang` when a tenant is given, else not sent."""
     token: str | None = None
     timeout_s: float = 10.0
     """Per-call deadline."""
@@ -83,6 +110,8 @@ class LoadConfig:
     connect_timeout_s: float = 5.0
     channels: int = 1
     """gRPC channels (TCP connections) per process."""
+    max_error_rate: float = MAX_ERROR_RATE
+    """Fraction of calls sent (0 to 1) that may fail before the run is judged failed."""
 
     def __post_init__(self) -> None:
         try:
@@ -99,17 +128,40 @@ class LoadConfig:
             (sum(self.mix.values()) > 0, "mix", "needs a weight above 0"),
             (self.chunks >= 1, "chunks", "must be 1 or more"),
             (self.audio_bytes >= 1, "audio_bytes", "must be 1 or more"),
-            (bool(self.lang), "lang", "must not be empty"),
+            (self.lang != "", "lang", "must not be empty"),
             (self.timeout_s > 0, "timeout_s", "must be above 0"),
             (self.concurrency is None or self.concurrency >= 1, "concurrency", "must be 1+"),
             (self.max_in_flight >= 1, "max_in_flight", "must be 1 or more"),
             (self.late_after_s >= 0, "late_after_s", "must be 0 or more"),
             (self.connect_timeout_s > 0, "connect_timeout_s", "must be above 0"),
             (self.channels >= 1, "channels", "must be 1 or more"),
+            (0 <= self.max_error_rate <= 1, "max_error_rate", "must be a fraction from 0 to 1"),
         )
         for ok, name, problem in checks:
             if not ok:
                 raise LoadConfigError(name, f"{problem}, got {getattr(self, name)!r}")
+        route = self.route_lang_source()
+        if self.lang and route is not None and route[2] != self.lang:
+            raise LangConflictError(self.lang, *route)
+
+    def route_lang_source(self) -> tuple[str, str, str] | None:
+        """The routing key that implies a language: (field, its value, the language).
+
+        The alias, when its name implies one (the router routes by an alias
+        first, ignoring a tenant), else `route_lang` when a tenant is given.
+        """
+        if self.alias:
+            implied = alias_lang(self.alias)
+            return None if implied is None else ("alias", self.alias, implied)
+        if self.tenant and self.route_lang:
+            return ("route_lang", self.route_lang, self.route_lang)
+        return None
+
+    @property
+    def request_lang(self) -> str:
+        """The lang field the requests carry: `lang`, else the route's, else zh."""
+        route = self.route_lang_source()
+        return self.lang or (route[2] if route else DEFAULT_LANG)
 
     @property
     def stream_fraction(self) -> float:
@@ -122,7 +174,7 @@ class LoadConfig:
             pairs.append((ALIAS_KEY, self.alias))
         if self.tenant:
             pairs.append((TENANT_KEY, self.tenant))
-        route_lang = self.route_lang or (self.lang if self.tenant else None)
+        route_lang = self.route_lang or (self.request_lang if self.tenant else None)
         if route_lang:
             pairs.append((LANG_KEY, route_lang))
         return tuple(pairs)
@@ -132,4 +184,5 @@ class LoadConfig:
         data = asdict(self)
         data["mix"] = dict(self.mix)
         data["token"] = "<set>" if self.token else None
+        data["request_lang"] = self.request_lang
         return data

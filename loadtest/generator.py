@@ -65,11 +65,12 @@ def stream_rng(seed: int, stream: int) -> random.Random:
 def _payloads(config: LoadConfig) -> tuple[bytes, list[bytes]]:
     """The serialized unary request and stream chunks, built once (only bytes go out)."""
     audio = (bytes(range(256)) * (config.audio_bytes // 256 + 1))[: config.audio_bytes]
-    text = config.text or TEXTS.get(config.lang, TEXTS["en"])
-    unary = epb.EvaluateRequest(audio=audio, text=text, lang=config.lang).SerializeToString()
+    lang = config.request_lang
+    text = config.text or TEXTS.get(lang, TEXTS["en"])
+    unary = epb.EvaluateRequest(audio=audio, text=text, lang=lang).SerializeToString()
     size = math.ceil(len(audio) / config.chunks)
     pieces = [audio[i * size : (i + 1) * size] for i in range(config.chunks)]
-    chunks = [epb.EvaluateChunk(audio=pieces[0], text=text, lang=config.lang)]
+    chunks = [epb.EvaluateChunk(audio=pieces[0], text=text, lang=lang)]
     chunks += [epb.EvaluateChunk(audio=piece) for piece in pieces[1:]]
     return unary, [chunk.SerializeToString() for chunk in chunks]
 
@@ -253,14 +254,22 @@ class _Runner:
                 call = unary(self._unary, timeout=self.config.timeout_s, metadata=self._metadata)
             response = await call
         except grpc.aio.AioRpcError as exc:
-            self._record(kind, due, sent, exc.code().name, "")
+            self._record(kind, due, sent, exc.code().name, message=exc.details() or "")
             return
         except (grpc.RpcError, grpc.aio.UsageError, OSError) as exc:  # not a status: name it
-            self._record(kind, due, sent, type(exc).__name__, "")
+            self._record(kind, due, sent, type(exc).__name__, message=str(exc))
             return
         self._record(kind, due, sent, "OK", response.engine_id)
 
-    def _record(self, kind: int, due: float, sent: float, status: str, engine_id: str) -> None:
+    def _record(
+        self,
+        kind: int,
+        due: float,
+        sent: float,
+        status: str,
+        engine_id: str = "",
+        message: str = "",
+    ) -> None:
         end = time.monotonic()
         result, name = self.result, KINDS[kind]
         result.statuses[status] += 1
@@ -268,6 +277,7 @@ class _Runner:
         second = result.second(max(0, int(end - self._start_at)))
         second.statuses[status] += 1
         if status != "OK":
+            result.note_error(status, message)
             return
         result.engines[engine_id] += 1
         second.engines[engine_id] += 1

@@ -15,6 +15,9 @@ from typing import Any
 from loadtest.config import KINDS, LoadConfig
 from loadtest.histogram import Histogram
 
+FIRST_ERROR_CHARS = 200
+"""Longest first error message kept per status code (one line, the rest cut)."""
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -71,6 +74,8 @@ class LoadResult:
     )
     engines: Counter[str] = field(default_factory=Counter)
     """OK calls by the engine_id that answered them."""
+    first_errors: dict[str, str] = field(default_factory=dict)
+    """The first message seen for each status code other than OK, cut to FIRST_ERROR_CHARS."""
     latency: dict[str, Histogram] = field(default_factory=_histograms)
     """From scheduled arrival to answer, by kind and "all"."""
     service: dict[str, Histogram] = field(default_factory=_histograms)
@@ -98,6 +103,19 @@ class LoadResult:
         total = sum(self.engines.values())
         return {engine: n / total for engine, n in sorted(self.engines.items())} if total else {}
 
+    @property
+    def error_share(self) -> float:
+        """Calls sent that did not end OK (an error status, or abandoned unanswered)."""
+        return (self.errors + self.abandoned) / self.sent if self.sent else 0.0
+
+    def note_error(self, status: str, message: str) -> None:
+        """Keep `message` if it is the first one for `status`."""
+        if status not in self.first_errors:
+            text = " ".join(message.split()) or "(no message)"
+            if len(text) > FIRST_ERROR_CHARS:
+                text = text[: FIRST_ERROR_CHARS - 1] + "…"
+            self.first_errors[status] = text
+
     def second(self, index: int) -> SecondCounts:
         """The time-series entry of second `index`, growing the series as needed."""
         while len(self.time_series) <= index:
@@ -115,6 +133,8 @@ class LoadResult:
         for kind, counts in other.statuses_by_kind.items():
             self.statuses_by_kind.setdefault(kind, Counter()).update(counts)
         self.engines.update(other.engines)
+        for status, message in other.first_errors.items():
+            self.first_errors.setdefault(status, message)
         for ours, theirs in ((self.latency, other.latency), (self.service, other.service)):
             for key, histogram in theirs.items():
                 ours.setdefault(key, Histogram()).merge(histogram)
@@ -146,6 +166,8 @@ class LoadResult:
             "statuses": dict(self.statuses),
             "statuses_by_kind": {k: dict(v) for k, v in self.statuses_by_kind.items()},
             "engines": dict(self.engines),
+            "first_errors": dict(self.first_errors),
+            "error_share": round(self.error_share, 6),
             "latency_ms": {k: h.summary_ms() for k, h in self.latency.items()},
             "service_ms": {k: h.summary_ms() for k, h in self.service.items()},
             "histograms": {
@@ -177,6 +199,7 @@ class LoadResult:
             statuses=Counter(data["statuses"]),
             statuses_by_kind={k: Counter(v) for k, v in data["statuses_by_kind"].items()},
             engines=Counter(data["engines"]),
+            first_errors=dict(data.get("first_errors", {})),
             latency={k: Histogram.from_dict(h) for k, h in histograms["latency"].items()},
             service={k: Histogram.from_dict(h) for k, h in histograms["service"].items()},
             time_series=[
@@ -205,6 +228,10 @@ class LoadResult:
             f"  late {self.late} (max lag {self.max_lag_s * 1000:.1f} ms)"
             f"  abandoned {self.abandoned}",
             f"status    {statuses}",
+            *(
+                f"error     {code} (first of {self.statuses[code]}): {message}"
+                for code, message in self.first_errors.items()
+            ),
             f"engines   {engines}",
             f"cpu       {self.cpu_s:.2f} s = {self.cpu_s / max(self.sent, 1) * 1e6:.0f} µs"
             " per request",

@@ -18,32 +18,56 @@ ENGINE_TOKEN = "engine-secret"
 ENGINE_ID = "zh-loadtest"
 WAIT_S = 15.0
 RATE, DURATION_S = 100.0, 1.5
+TIDEPOOL = (sys.executable, "-m", "tidepool")
+WRONG_MODEL = "lang: this engine has the 'en' model loaded, not 'zh'"
+"""What the engine stub says to a zh request when it holds the en model."""
 
 
 @pytest.fixture(scope="module")
-def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProcess]:
-    """One registry and one engine stub, shared by this module's tests."""
-    data_dir = tmp_path_factory.mktemp("registry")
-    tidepool = [sys.executable, "-m", "tidepool"]
-    with ProcessSet() as processes:
-        registry = processes.start(
-            [
-                *(*tidepool, "registry", "serve"),
-                *("--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"),
-                *("--data-dir", str(data_dir), "--engine-token", ENGINE_TOKEN),
-            ],
-            "tidepool registry ready",
-            WAIT_S,
-        )
-        yield processes.start(
-            [
-                *(*tidepool, "engine-stub", "--registry", registry.grpc, "--token", ENGINE_TOKEN),
-                *("--instance-id", ENGINE_ID, "--model-load-seconds", "0", "--slots", "16"),
-                *("--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"),
-            ],
-            "tidepool engine-stub ready",
-            WAIT_S,
-        )
+def processes() -> Iterator[ProcessSet]:
+    """The registry and engine stubs this module's tests share, stopped at its end."""
+    with ProcessSet() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def registry(processes: ProcessSet, tmp_path_factory: pytest.TempPathFactory) -> RunningProcess:
+    return processes.start(
+        [
+            *(*TIDEPOOL, "registry", "serve"),
+            *("--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"),
+            *("--data-dir", str(tmp_path_factory.mktemp("registry"))),
+            *("--engine-token", ENGINE_TOKEN),
+        ],
+        "tidepool registry ready",
+        WAIT_S,
+    )
+
+
+def start_engine(
+    processes: ProcessSet, registry: RunningProcess, instance_id: str, lang: str
+) -> RunningProcess:
+    return processes.start(
+        [
+            *(*TIDEPOOL, "engine-stub", "--registry", registry.grpc, "--token", ENGINE_TOKEN),
+            *("--instance-id", instance_id, "--model-load-seconds", "0", "--slots", "16"),
+            *("--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--lang", lang),
+        ],
+        "tidepool engine-stub ready",
+        WAIT_S,
+    )
+
+
+@pytest.fixture(scope="module")
+def stub(processes: ProcessSet, registry: RunningProcess) -> RunningProcess:
+    """An engine stub with the zh model loaded."""
+    return start_engine(processes, registry, ENGINE_ID, "zh")
+
+
+@pytest.fixture(scope="module")
+def en_stub(processes: ProcessSet, registry: RunningProcess) -> RunningProcess:
+    """An engine stub with the en model loaded: zh requests fail FAILED_PRECONDITION."""
+    return start_engine(processes, registry, "en-loadtest", "en")
 
 
 def assert_percentiles_ordered(result: LoadResult) -> None:
@@ -127,6 +151,56 @@ def test_cli_prints_the_command_and_summary_and_writes_json(
     assert "--token REDACTED" in data["command"]
     assert data["statuses"] == {"OK": data["sent"]}
     assert "Traceback" not in done.stderr
+
+
+def test_cli_exits_3_and_shows_the_first_error_when_every_call_fails(
+    en_stub: RunningProcess, tmp_path: Path
+) -> None:
+    path = tmp_path / "result.json"
+    done = run_cli(
+        *("--target", en_stub.grpc, "--lang", "zh", "--rate", "20", "--duration", "1"),
+        *("--processes", "2", "--json", str(path)),
+    )
+    assert done.returncode == 3, done.stdout + done.stderr
+    data = json.loads(path.read_text())
+    sent = data["sent"]
+    assert sent > 0
+    assert data["statuses"] == {"FAILED_PRECONDITION": sent}
+    # Two processes each saw the error: the merged result keeps one message.
+    assert data["first_errors"] == {"FAILED_PRECONDITION": WRONG_MODEL}
+    assert data["error_share"] == 1.0
+    assert f"error     FAILED_PRECONDITION (first of {sent}): {WRONG_MODEL}\n" in done.stdout
+    assert done.stderr.splitlines()[-1] == (
+        f"loadtest: 100.00% of calls failed ({sent} of {sent}), above the 1.00%"
+        " that --max-error-rate 0.01 allows; exit status 3"
+    )
+    assert "Traceback" not in done.stderr
+
+
+def test_cli_exits_0_when_the_errors_stay_within_max_error_rate(en_stub: RunningProcess) -> None:
+    done = run_cli(
+        *("--target", en_stub.grpc, "--lang", "zh", "--rate", "20", "--duration", "0.5"),
+        *("--max-error-rate", "1"),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert WRONG_MODEL in done.stdout  # accepted, but still shown
+    assert "max-error-rate" not in done.stderr
+
+
+def test_cli_sends_the_language_the_alias_implies_and_exits_0(
+    en_stub: RunningProcess, tmp_path: Path
+) -> None:
+    path = tmp_path / "result.json"
+    done = run_cli(
+        *("--target", en_stub.grpc, "--alias", "en-public", "--rate", "20", "--duration", "1"),
+        *("--json", str(path)),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads(path.read_text())
+    assert data["sent"] > 0
+    assert data["statuses"] == {"OK": data["sent"]}
+    assert data["first_errors"] == {}
+    assert (data["config"]["lang"], data["config"]["request_lang"]) == (None, "en")
 
 
 def test_cli_exits_1_with_one_line_when_the_target_is_unreachable() -> None:

@@ -38,6 +38,17 @@ def test_benchmark_help_lists_its_flags(module: str) -> None:
     assert "--json" in done.stdout
 
 
+@pytest.mark.parametrize(
+    ("command", "prog"),
+    [(("loadtest",), "python -m loadtest"), (("tidepool", "loadtest"), "tidepool loadtest")],
+)
+def test_loadtest_help_names_the_program_as_it_was_run(command: tuple[str, ...], prog: str) -> None:
+    done = _run(*command, "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: {prog} [-h] --target HOST:PORT")
+    assert "--max-error-rate" in done.stdout
+
+
 @pytest.mark.slow
 def test_capacity_run_reports_processed_heartbeats_close_to_offered(tmp_path: Path) -> None:
     result, stdout = _result(

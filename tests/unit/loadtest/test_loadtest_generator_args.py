@@ -41,6 +41,10 @@ def config_for(*flags: str, environ: dict[str, str] | None = None) -> LoadConfig
         (["--target", TARGET, "--chunks", "0"], "--chunks"),
         (["--target", TARGET, "--processes", "0"], "--processes"),
         (["--target", "no-port", "--duration", "1"], "--target"),
+        (["--target", TARGET, "--max-error-rate", "1.5"], "--max-error-rate"),
+        (["--target", TARGET, "--max-error-rate", "-0.01"], "--max-error-rate"),
+        (["--target", TARGET, "--max-error-rate", "nan"], "--max-error-rate"),
+        (["--target", TARGET, "--max-error-rate", "1%"], "--max-error-rate"),
     ],
 )
 def test_a_bad_flag_exits_2_with_one_line_naming_it(
@@ -59,7 +63,8 @@ def test_a_bad_flag_exits_2_with_one_line_naming_it(
 def test_defaults_match_the_documented_ones() -> None:
     config = config_for()
     assert (config.rate_per_s, config.duration_s, config.processes) == (100.0, 10.0, 1)
-    assert (config.chunks, config.audio_bytes, config.lang) == (4, 1024, "zh")
+    assert (config.chunks, config.audio_bytes, config.request_lang) == (4, 1024, "zh")
+    assert config.max_error_rate == 0.01
     assert (config.timeout_s, config.concurrency, config.max_in_flight) == (10.0, None, 10_000)
     assert dict(config.mix) == {"unary": 1.0}
     assert config.metadata() == ()
@@ -70,12 +75,13 @@ def test_flags_map_onto_config_fields() -> None:
         *("--rate", "250", "--duration", "3", "--processes", "2", "--chunks", "8"),
         *("--mix", "unary=0.9,stream=0.1", "--audio-bytes", "2048", "--lang", "en"),
         *("--tenant", "acme", "--timeout", "2.5", "--seed", "7", "--token", "s3cret"),
+        *("--max-error-rate", "0.25"),
     )
     assert (config.rate_per_s, config.duration_s, config.processes) == (250.0, 3.0, 2)
     assert dict(config.mix) == {"unary": 0.9, "stream": 0.1}
     assert config.stream_fraction == pytest.approx(0.1)
     assert (config.chunks, config.audio_bytes, config.lang) == (8, 2048, "en")
-    assert (config.timeout_s, config.seed) == (2.5, 7)
+    assert (config.timeout_s, config.seed, config.max_error_rate) == (2.5, 7, 0.25)
     assert config.metadata() == (
         ("authorization", "Bearer s3cret"),
         ("x-tidepool-tenant", "acme"),
