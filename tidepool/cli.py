@@ -10,6 +10,7 @@ USAGE = """usage: tidepool COMMAND [ARGS]
 commands:
   registry serve   run the registry (embedded store)
   router serve     run the router: balance gRPC calls over healthy engines
+  scheduler run    run the pool scheduler: admission, tenant lists, tide moves, scaling
   engine-stub      run a simulated GPU engine that registers itself
   ctl              administer a registry: instances, aliases, tenants, drains
   up               run registry, router and a mixed engine fleet on this machine
@@ -48,6 +49,18 @@ def _router(argv: Sequence[str]) -> int:
     return main(flags)
 
 
+def _scheduler(argv: Sequence[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write("usage: tidepool scheduler run --policy FILE [FLAGS]   (see run --help)\n")
+        return 0 if argv else 2
+    if argv[0] != "run":
+        sys.stderr.write(f"tidepool scheduler: unknown command {argv[0]!r}; try `run`\n")
+        return 2
+    from scheduler.server import main
+
+    return main(argv[1:])
+
+
 def _loadtest(argv: Sequence[str]) -> int:
     from loadtest.__main__ import main
 
@@ -75,6 +88,7 @@ def _up(argv: Sequence[str]) -> int:
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "registry": _registry,
     "router": _router,
+    "scheduler": _scheduler,
     "loadtest": _loadtest,
     "engine-stub": _engine_stub,
     "ctl": _ctl,
