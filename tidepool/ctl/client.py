@@ -19,7 +19,7 @@ class CtlError(Exception):
 
 
 class RegistryClient:
-    """Synchronous stubs for the registry's Registry and Admin services."""
+    """Synchronous stubs for the registry's Registry, Admin and Scheduling services."""
 
     def __init__(self, target: str, token: str | None) -> None:
         self._target = target
@@ -27,6 +27,7 @@ class RegistryClient:
         self._metadata = auth_metadata(token)
         self.registry = pb_grpc.RegistryStub(self._channel)
         self.admin = pb_grpc.AdminStub(self._channel)
+        self.scheduling = pb_grpc.SchedulingStub(self._channel)
 
     def call(self, method: Callable[..., T], request: Any) -> T:
         try:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from registry.sdk.options import (
@@ -15,6 +14,7 @@ from registry.sdk.options import (
     Option,
     add_options,
     parse_host_port,
+    parse_positive_float,
     resolve,
 )
 from tidepool.ctl.client import CtlError, RegistryClient
@@ -23,9 +23,11 @@ from tidepool.ctl.render import (
     aliases_table,
     instance_json,
     instances_table,
+    json_text,
     tenant_json,
     tenants_table,
 )
+from tidepool.ctl.scheduling import cmd_move, cmd_moves, cmd_pools, cmd_top
 from tidepool.registry.v1 import registry_pb2 as pb
 
 
@@ -46,11 +48,9 @@ OPTIONS = (
     Option("token", "TIDEPOOL_TOKEN", None, "admin (or read) token for the registry", str, "T"),
 )
 
-Command = Callable[[RegistryClient, argparse.Namespace], str]
-
-
-def _json(value: object) -> str:
-    return json.dumps(value, indent=2, sort_keys=False) + "\n"
+Command = Callable[[RegistryClient, argparse.Namespace], str | Iterable[str]]
+"""A handler returns its text, or yields it in pieces when it comes over time."""
+INTERRUPTED = 130
 
 
 def cmd_instances(client: RegistryClient, args: argparse.Namespace) -> str:
@@ -58,7 +58,7 @@ def cmd_instances(client: RegistryClient, args: argparse.Namespace) -> str:
         client.registry.ListInstances, pb.ListInstancesRequest(service=args.service or "")
     )
     if args.json:
-        return _json([instance_json(i) for i in response.instances])
+        return json_text([instance_json(i) for i in response.instances])
     return instances_table(response.instances)
 
 
@@ -71,7 +71,7 @@ def cmd_alias_set(client: RegistryClient, args: argparse.Namespace) -> str:
 def cmd_alias_list(client: RegistryClient, args: argparse.Namespace) -> str:
     response = client.call(client.registry.ListAliases, pb.ListAliasesRequest())
     if args.json:
-        return _json([alias_json(a) for a in response.aliases])
+        return json_text([alias_json(a) for a in response.aliases])
     return aliases_table(response.aliases)
 
 
@@ -90,7 +90,7 @@ def cmd_tenant_set(client: RegistryClient, args: argparse.Namespace) -> str:
 def cmd_tenant_list(client: RegistryClient, args: argparse.Namespace) -> str:
     response = client.call(client.registry.ListTenants, pb.ListTenantsRequest())
     if args.json:
-        return _json([tenant_json(t) for t in response.tenants])
+        return json_text([tenant_json(t) for t in response.tenants])
     return tenants_table(response.tenants)
 
 
@@ -158,6 +158,67 @@ def _tenant_commands(sub: Any) -> None:
     p.add_argument("--lang", required=True)
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        return parse_positive_float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _check_move(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.source is not None and args.count is None:
+        parser.error("--from needs --count N")
+    if args.instance is not None and args.count is not None:
+        parser.error("--count goes with --from, not --instance")
+
+
+def _move_command(sub: Any) -> None:
+    p = _command(
+        sub,
+        "move",
+        cmd_move,
+        "ask the scheduler to move engines to another pool: N chosen from a pool "
+        "(least busy first), or one by id",
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--from", dest="source", metavar="POOL", help="pool to take engines from")
+    which.add_argument("--instance", metavar="ID", help="the one engine to move")
+    p.add_argument("--to", required=True, metavar="POOL", help="pool to move them into")
+    p.add_argument("--count", type=_count, metavar="N", help="how many (with --from), 1 or more")
+    p.add_argument(
+        "--wait", action="store_true", help="follow the moves until done (exit 1 if one rolls back)"
+    )
+    p.add_argument(
+        "--timeout", type=_seconds, default=300.0, metavar="S", help="for --wait (default 300)"
+    )
+    _add_json(p)
+    p.set_defaults(check=lambda args: _check_move(p, args))
+
+
+def _scheduling_commands(sub: Any) -> None:
+    p = _command(sub, "pools", cmd_pools, "the pools as the scheduler last published them")
+    _add_json(p)
+    p = _command(sub, "moves", cmd_moves, "moves in flight, then the last 100 finished")
+    _add_json(p)
+    _move_command(sub)
+    p = _command(sub, "top", cmd_top, "live view of pools, moves and engines (Ctrl-C quits)")
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p.add_argument(
+        "--interval", type=_seconds, default=1.0, metavar="S", help="seconds between frames"
+    )
+    p.set_defaults(interrupt_code=0)
+
+
 def parser() -> argparse.ArgumentParser:
     result = CommandParser(prog="tidepool ctl", description="Administer a registry.")
     add_options(result, OPTIONS)
@@ -173,12 +234,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("weight", nargs="?", type=int, help="0..1000")
     p.add_argument("--clear", action="store_true", help="go back to the registered weight")
+    _scheduling_commands(sub)
     return result
+
+
+def _write(output: str | Iterable[str]) -> None:
+    for piece in [output] if isinstance(output, str) else output:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Entry point of `tidepool ctl`; returns the exit code."""
     args = parser().parse_args(argv)
+    if hasattr(args, "check"):
+        args.check(args)
     try:
         settings = resolve(OPTIONS, args, os.environ if environ is None else environ)
     except ConfigError as exc:
@@ -186,10 +256,20 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 2
     client = RegistryClient(settings["registry"], settings["token"])
     try:
-        sys.stdout.write(args.handler(client, args))
+        _write(args.handler(client, args))
     except CtlError as exc:
         sys.stderr.write(f"tidepool ctl: {exc}\n")
         return 1
+    except BrokenPipeError:
+        # The reader went away (`ctl top | head`): stop quietly, and point stdout at
+        # /dev/null so the interpreter's last flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        code: int = getattr(args, "interrupt_code", INTERRUPTED)
+        if code:
+            sys.stderr.write("tidepool ctl: interrupted\n")
+        return code
     finally:
         client.close()
     return 0

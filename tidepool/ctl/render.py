@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from registry.sdk.states import state_name
 from tidepool.registry.v1 import registry_pb2 as pb
+
+
+def json_text(value: object) -> str:
+    """A `--json` answer: indented, keys in the documented order."""
+    return json.dumps(value, indent=2, sort_keys=False) + "\n"
 
 
 def instance_json(instance: pb.Instance) -> dict[str, Any]:
@@ -95,3 +101,30 @@ def tenants_table(routes: Sequence[pb.TenantRoute]) -> str:
     return table(
         ("TENANT", "LANG", "ALIASES"), [(r.tenant, r.lang, ",".join(r.aliases)) for r in routes]
     )
+
+
+def age_text(seconds: float) -> str:
+    """A short age for tables: 42s, 7m, 3h, 2d."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def clip(text: str, width: int) -> str:
+    """`text` cut to `width` columns, a `~` marking the cut (ASCII: any terminal shows it)."""
+    if len(text) <= width:
+        return text
+    if width <= 0:
+        return ""
+    return text[: width - 1] + "~"
+
+
+def clip_middle(text: str, width: int) -> str:
+    """`text` cut to `width` by dropping its middle: ids differ at both ends."""
+    if len(text) <= width or width < 5:
+        return clip(text, width)
+    head = (width - 1) // 2
+    tail = width - 1 - head
+    return f"{text[:head]}~{text[-tail:]}"
