@@ -50,6 +50,7 @@ ENGINE_TOKEN, READ_TOKEN, ADMIN_TOKEN = "fleet-engine", "fleet-reader", "fleet-a
 REGISTRY_READY = "tidepool registry ready"
 ENGINE_READY = "tidepool engine-stub ready"
 ROUTER_READY = "tidepool router ready"
+SCHEDULER_READY = "tidepool scheduler ready"
 START_S = 30.0
 CALL_TIMEOUT_S = 5.0
 EVALUATE = "/tidepool.engine.v1.Evaluator/Evaluate"
@@ -201,6 +202,46 @@ class Fleet:
         )  # fmt: skip
         return Router(process, path)
 
+    # ---- scheduler ---------------------------------------------------------
+
+    def start_scheduler(
+        self, policy: str, *flags: str, holder: str = "sched-a", role: str = "leader"
+    ) -> RunningProcess:
+        """A scheduler with `policy` (TOML text), waited for until it announces `role`."""
+        path = self.tmp_path / f"policy-{holder}.toml"
+        path.write_text(policy)
+        return self._start(
+            tidepool_args(
+                "scheduler", "run",
+                *("--registry", self.registry_address, "--token", ADMIN_TOKEN),
+                *("--engine-token", ENGINE_TOKEN, "--policy", str(path)),
+                *("--http-listen", "127.0.0.1:0", "--id", holder),
+                *flags,
+            ),
+            f"{SCHEDULER_READY} role={role}",
+        )  # fmt: skip
+
+    async def instances(self) -> dict[str, pb.Instance]:
+        """Every instance as the registry lists it, by id."""
+        metadata = (("authorization", f"Bearer {READ_TOKEN}"),)
+        async with grpc.aio.insecure_channel(self.registry_address) as channel:
+            listed = await pb_grpc.RegistryStub(channel).ListInstances(
+                pb.ListInstancesRequest(), metadata=metadata, timeout=CALL_TIMEOUT_S
+            )
+        return {i.id: i for i in listed.instances}
+
+    async def moves(self) -> list[pb.Move]:
+        metadata = (("authorization", f"Bearer {READ_TOKEN}"),)
+        async with grpc.aio.insecure_channel(self.registry_address) as channel:
+            listed = await pb_grpc.SchedulingStub(channel).ListMoves(
+                pb.ListMovesRequest(), metadata=metadata, timeout=CALL_TIMEOUT_S
+            )
+        return list(listed.moves)
+
+    async def pools(self) -> dict[str, str]:
+        """Instance id -> its `pool` label ("" when none)."""
+        return {i.id: i.labels.get("pool", "") for i in (await self.instances()).values()}
+
     # ---- administration ----------------------------------------------------
 
     def ctl(self, *args: str) -> str:
@@ -287,6 +328,8 @@ class EngineSpec:
     pool: str | None = None
     lang: str = "zh"
     slots: int = 8
+    speed: str = ENGINE_SPEED
+    model_load_s: float = 0.0
     via: PartitionableLink | None = None
     """Reach the registry through this link instead of directly."""
     extra: tuple[str, ...] = ()
@@ -298,8 +341,8 @@ class EngineSpec:
             "engine-stub",
             *("--registry", target, "--token", ENGINE_TOKEN),
             *("--instance-id", self.id, "--lang", self.lang, "--weight", str(self.weight)),
-            *("--slots", str(self.slots), "--speed", ENGINE_SPEED),
-            *("--model-load-seconds", "0", "--drain-timeout", "5"),
+            *("--slots", str(self.slots), "--speed", self.speed),
+            *("--model-load-seconds", f"{self.model_load_s:g}", "--drain-timeout", "5"),
             *pool,
             *self.extra,
         )
