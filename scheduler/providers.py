@@ -12,10 +12,11 @@ source of GPUs the same way:
 Engines a provider starts register with labels `pool=POOL`, `home=POOL` and
 `provider=NAME`, so the scheduler gives back only what a provider started.
 `local` starts `tidepool engine-stub` processes on this machine (for
-`tidepool up` and the tests). A Kubernetes provider would implement the same
-calls by scaling a Deployment per pool and tier (start: patch replicas up with
-the labels in the pod template; stop: delete the named pod after its drain)
-and report `starting` from pods not yet Ready; it is not built.
+`tidepool up` and the tests); they get SIGTERM if the scheduler dies. A
+Kubernetes provider would implement the same calls by scaling a Deployment
+per pool and tier (start: patch replicas up with the labels in the pod
+template; stop: delete the named pod after its drain) and report `starting`
+from pods not yet Ready; it is not built.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,6 +32,7 @@ from typing import Protocol
 
 from scheduler.errors import ProviderError
 from scheduler.policy import ProviderPolicy
+from tidepool.runtime.children import tidepool_argv
 
 log = logging.getLogger("tidepool.scheduler.provider")
 STOP_TIMEOUT_S = 40.0
@@ -91,8 +92,8 @@ class LocalProvider:
 
     def _argv(self, instance_id: str, pool: str, lang: str, tier: str) -> list[str]:
         policy = self.policy
-        argv = [
-            sys.executable, "-m", "tidepool", "engine-stub",
+        argv = tidepool_argv([
+            "engine-stub",
             "--registry", self.registry,
             "--instance-id", instance_id,
             "--lang", lang,
@@ -103,7 +104,7 @@ class LocalProvider:
             "--slots", str(policy.slots),
             "--speed", str(policy.speed),
             "--model-load-seconds", str(policy.model_load_s),
-        ]  # fmt: skip
+        ])  # fmt: skip
         if self.engine_token:
             argv += ["--token", self.engine_token]
         return argv

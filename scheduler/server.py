@@ -21,7 +21,7 @@ from registry.sdk import ConfigError, StatusServer
 from registry.sdk.options import format_host_port, parse_host_port
 from registry.sdk.process_main import process_main
 from scheduler.config import SchedulerConfig, parse_config
-from scheduler.policy import PolicyError, load_policy
+from scheduler.policy import Policy, PolicyError, load_policy
 from scheduler.providers import LocalProvider, Provider
 from scheduler.registry_client import SchedulerRegistry
 from scheduler.runner import SchedulerRunner
@@ -46,12 +46,24 @@ def readiness(config: SchedulerConfig, runner: SchedulerRunner) -> tuple[bool, s
     return True, f"{runner.role} ({runner.holder})"
 
 
-def build_server(config: SchedulerConfig) -> SchedulerServer:
-    """Read the policy and wire the runner; raises ConfigError on a bad policy."""
+def read_policy(config: SchedulerConfig) -> Policy:
+    """The policy file `--policy` names; ConfigError naming the file (and line) when bad."""
     try:
-        policy = load_policy(config.policy)
+        return load_policy(config.policy)
     except PolicyError as exc:
         raise ConfigError(f"--policy: {exc}") from None
+
+
+def parse(argv: Sequence[str], environ: Mapping[str, str]) -> SchedulerConfig:
+    """Flags, then the policy: a bad policy file is bad configuration (exit 2), as a bad flag is."""
+    config = parse_config(argv, environ)
+    read_policy(config)
+    return config
+
+
+def build_server(config: SchedulerConfig) -> SchedulerServer:
+    """Read the policy and wire the runner; raises ConfigError on a bad policy."""
+    policy = read_policy(config)
     provider: Provider | None = None
     if policy.provider is not None and not config.dry_run:
         provider = LocalProvider(policy.provider, config.registry, config.engine_token)
@@ -110,4 +122,4 @@ async def _announce(server: SchedulerServer, out: TextIO, task: asyncio.Task[Non
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    return process_main(COMPONENT, parse_config, run, argv, environ)
+    return process_main(COMPONENT, parse, run, argv, environ)

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from tidepool.runtime.children import tidepool_argv
+
 READY_WORD = "ready"
 
 
@@ -55,10 +57,7 @@ async def _pump_output(child: Child, stream: asyncio.StreamReader) -> None:
 async def start_child(name: str, argv: Sequence[str], ready_timeout_s: float) -> Child:
     """Start `python -m tidepool ARGV…` and wait for its `tidepool … ready k=v…` line."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tidepool",
-        *argv,
+        *tidepool_argv(argv),
         stdout=asyncio.subprocess.PIPE,
         stdin=asyncio.subprocess.DEVNULL,
         # Own session: Ctrl-C reaches only `up`, which then stops engines before the

@@ -639,3 +639,50 @@ class Traffic:
             f"{len(self.errors)} client-visible errors out of "
             f"{len(self.errors) + len(self.answers)} calls; first: {self.errors[:5]}"
         )
+
+
+# ---- scheduler tests -----------------------------------------------------------------------
+
+
+def _read_metadata() -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {READ_TOKEN}"),)
+
+
+async def leadership(fleet: Fleet) -> pb.Leadership:
+    """Who holds the scheduler's leadership now, with its fence (GetLeadership)."""
+    async with grpc.aio.insecure_channel(fleet.registry_address) as channel:
+        held: pb.Leadership = await pb_grpc.SchedulingStub(channel).GetLeadership(
+            pb.GetLeadershipRequest(), metadata=_read_metadata(), timeout=CALL_TIMEOUT_S
+        )
+    return held
+
+
+async def list_pools(fleet: Fleet) -> pb.ListPoolsResponse:
+    """The pool status the leader last published, with who published it (ListPools)."""
+    async with grpc.aio.insecure_channel(fleet.registry_address) as channel:
+        listed: pb.ListPoolsResponse = await pb_grpc.SchedulingStub(channel).ListPools(
+            pb.ListPoolsRequest(), metadata=_read_metadata(), timeout=CALL_TIMEOUT_S
+        )
+    return listed
+
+
+async def tenant_routes(fleet: Fleet) -> dict[tuple[str, str], list[str]]:
+    """(tenant, lang) -> its published alias list, in order (ListTenants)."""
+    async with grpc.aio.insecure_channel(fleet.registry_address) as channel:
+        listed = await pb_grpc.RegistryStub(channel).ListTenants(
+            pb.ListTenantsRequest(), metadata=_read_metadata(), timeout=CALL_TIMEOUT_S
+        )
+    return {(t.tenant, t.lang): list(t.aliases) for t in listed.tenants}
+
+
+def run_ctl(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
+    """`tidepool ctl ARGS` with the admin token, whatever it exits with (bounded)."""
+    return subprocess.run(
+        tidepool_args("ctl", "--registry", fleet.registry_address, "--token", ADMIN_TOKEN, *args),
+        capture_output=True,
+        text=True,
+        timeout=START_S,
+        env=child_env(),
+        cwd=REPO_ROOT,
+        check=False,
+    )

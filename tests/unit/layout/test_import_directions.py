@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-PROJECT = ("registry", "router", "engine_stub", "tidepool", "loadtest")
+PROJECT = ("registry", "router", "engine_stub", "scheduler", "tidepool", "loadtest")
+RUNTIME = "tidepool.runtime"
 GENERATED = ("tidepool.registry.v1", "tidepool.engine.v1")
 
 
@@ -33,9 +34,11 @@ def _allowed(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-@pytest.mark.parametrize("package", ["router", "engine_stub"])
-def test_data_plane_imports_only_the_sdk_and_the_protocol(package: str) -> None:
-    allowed = (package, "registry.sdk", *GENERATED)
+@pytest.mark.parametrize("package", ["router", "engine_stub", "scheduler"])
+def test_clients_of_the_registry_import_only_the_sdk_the_runtime_and_the_protocol(
+    package: str,
+) -> None:
+    allowed = (package, "registry.sdk", RUNTIME, *GENERATED)
     bad = {
         f"{path.relative_to(ROOT)} imports {name}"
         for path in _modules(package)
@@ -74,5 +77,25 @@ def test_nothing_imports_the_command_dispatcher() -> None:
         if (ROOT / package).is_dir()
         for path in _modules(package)
         if "tidepool.cli" in _project_imports(path) and path.name != "__main__.py"
+    }
+    assert not importers, sorted(importers)
+
+
+def test_the_runtime_package_is_a_leaf() -> None:
+    bad = {
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in _modules("tidepool/runtime")
+        for name in _project_imports(path)
+        if not _allowed(name, (RUNTIME,))
+    }
+    assert not bad, sorted(bad)
+
+
+def test_the_day_simulator_may_use_the_scheduler_policy_but_nothing_imports_loadtest() -> None:
+    importers = {
+        str(path.relative_to(ROOT))
+        for package in ("registry", "router", "engine_stub", "scheduler")
+        for path in _modules(package)
+        if any(name.split(".")[0] == "loadtest" for name in _project_imports(path))
     }
     assert not importers, sorted(importers)

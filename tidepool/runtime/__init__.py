@@ -1,0 +1,1 @@
+"""Runtime pieces every tidepool process shares; a leaf: it imports nothing else of the project."""
