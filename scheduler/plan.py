@@ -46,8 +46,10 @@ def plan(
 ) -> Plan:
     """Observe this tick's utilisation, then decide. `starting`/`running`: provider engines."""
     observe(memory, policy, fleet, now)
-    states = pool_states(policy, fleet, memory, now)
+    states = pool_states(policy, fleet, memory, now, starting)
     admissions, admitted = admit(policy, fleet, states)
+    for admission in admissions:
+        states[admission.pool].joining += 1
     moves, tide_decisions = plan_tide(policy, fleet, states, now)
     ups, up_decisions = plan_scale_up(policy, states, moves, starting or {}, running)
     downs, down_decisions = plan_scale_down(policy, fleet, states, moves, now)
@@ -68,7 +70,8 @@ def admit(
     policy: Policy, fleet: Fleet, states: Mapping[str, PoolState]
 ) -> tuple[list[SetPool], list[Decision]]:
     """Label each ready engine that has no pool into the pool of its language furthest below
-    target (by the utilisation it would have with the engine), within `max`."""
+    target, within `max`: one below its `min` first, else the one that would still run
+    busiest against its target utilisation with the engine."""
     admissions, decisions = [], []
     extra: dict[str, tuple[int, int]] = {}  # pool -> (engines, slots) admitted this tick
     for engine in sorted(_unplaced(fleet), key=lambda e: e.id):
@@ -95,12 +98,16 @@ def _best_pool(
         total = state.slots + slots + engine.slots
         return state.load / total - state.policy.target_utilization
 
+    def need(state: PoolState) -> tuple[bool, float, str]:
+        count, _slots = extra.get(state.name, (0, 0))
+        return state.ready + count >= state.policy.min, -after(state), state.name
+
     fitting = [
         s
         for s in states.values()
         if s.policy.lang == engine.lang and s.headroom() - extra.get(s.name, (0, 0))[0] > 0
     ]
-    return min(fitting, key=lambda s: (after(s), s.name), default=None)
+    return min(fitting, key=need, default=None)
 
 
 def tenant_lists(policy: Policy, fleet: Fleet) -> tuple[TenantList, ...]:

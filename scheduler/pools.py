@@ -6,6 +6,7 @@ Pure: derived from the fleet, the policy, the smoothing window and `now`.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from scheduler.fleet import Engine, Fleet, pool_utilization
@@ -41,6 +42,8 @@ class PoolState:
     moving_out: int
     cooling: bool
     desired: int = 0
+    joining: int = 0
+    """Engines about to join outside moves: started by a provider, or admitted this tick."""
 
     @property
     def name(self) -> str:
@@ -60,7 +63,7 @@ class PoolState:
 
     def headroom(self) -> int:
         """How many more engines may join before `max`."""
-        return self.policy.max - self.size - self.moving_in
+        return self.policy.max - self.size - self.moving_in - self.joining
 
 
 def observe(memory: Memory, policy: Policy, fleet: Fleet, now: float) -> None:
@@ -70,7 +73,13 @@ def observe(memory: Memory, policy: Policy, fleet: Fleet, now: float) -> None:
         memory.window.add(pool.name, now, utilization)
 
 
-def pool_states(policy: Policy, fleet: Fleet, memory: Memory, now: float) -> dict[str, PoolState]:
+def pool_states(
+    policy: Policy,
+    fleet: Fleet,
+    memory: Memory,
+    now: float,
+    starting: Mapping[str, int] | None = None,
+) -> dict[str, PoolState]:
     active = fleet.active_moves()
     states = {}
     for pool in policy.pools:
@@ -91,6 +100,7 @@ def pool_states(policy: Policy, fleet: Fleet, memory: Memory, now: float) -> dic
             moving_in=sum(1 for m in active if m.to_pool == pool.name),
             moving_out=sum(1 for m in active if m.from_pool == pool.name),
             cooling=last is not None and now < last + policy.loop.cooldown_s,
+            joining=(starting or {}).get(pool.name, 0),
         )
         state.desired = desired_size(state)
         states[pool.name] = state

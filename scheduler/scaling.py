@@ -46,7 +46,8 @@ def plan_scale_up(
         if not state.policy.scale or budget <= 0:
             continue
         count, why, urgent = _shortfall(state, policy, moves, starting.get(state.name, 0))
-        room = state.headroom() - starting.get(state.name, 0)
+        # headroom() counts engines starting or admitted; this tick's moves are not in it yet.
+        room = state.headroom() - sum(1 for m in moves if m.to_pool == state.name)
         count = min(count, room, budget)
         if count <= 0:
             continue
@@ -63,9 +64,12 @@ def _shortfall(
 ) -> tuple[int, str, bool]:
     """(engines missing, why, urgent) for one pool."""
     assert policy.provider is not None
-    arriving = state.moving_in + starting + sum(1 for m in moves if m.to_pool == state.name)
+    # joining: engines a provider is starting for the pool and those admitted this tick.
+    arriving = state.moving_in + state.joining + sum(1 for m in moves if m.to_pool == state.name)
     below_min = state.policy.min - state.ready - arriving
-    if below_min > 0:
+    # A scheduler that just started has not seen the fleet register yet: wait for half
+    # a window of observations before calling an empty pool short.
+    if below_min > 0 and state.warm:
         return below_min, f"{state.ready} ready, below min {state.policy.min}", True
     wanted, why = wants_capacity(state, policy)
     if not wanted or starting:

@@ -146,10 +146,13 @@ def _borrow(
             for e in source.state.engines
             if movable(e, fleet, policy, now) and (source.lending or e.home == state.name)
         ]
-        home_first = sorted(candidates, key=lambda e: (e.home != state.name, -e.slots))
-        for engine in _cover(home_first, gap, source, room - len(picked)):
-            picked.append((engine, source.state))
-            gap -= engine.slots
+        # Engines whose home is the hot pool go back first, whatever their size.
+        home = [e for e in candidates if e.home == state.name]
+        others = [e for e in candidates if e.home != state.name]
+        for group in (home, others):
+            for engine in _cover(group, gap, source, room - len(picked)):
+                picked.append((engine, source.state))
+                gap -= engine.slots
         if gap <= 0 or len(picked) >= room:
             break
     return picked
@@ -159,7 +162,7 @@ def _cover(candidates: Iterable[Engine], gap: float, source: Source, room: int) 
     """Engines whose slots best cover `gap` within the source's spare engines and slots."""
     chosen: list[Engine] = []
     pool = sorted(candidates, key=lambda e: -e.slots)
-    while gap > 0 and len(chosen) < min(room, source.engines) and pool:
+    while gap > 0 and len(chosen) < room and source.engines > 0 and pool:
         fits = [e for e in pool if e.slots <= source.slots]
         if not fits:
             break
@@ -170,4 +173,5 @@ def _cover(candidates: Iterable[Engine], gap: float, source: Source, room: int) 
         pool.remove(engine)
         gap -= engine.slots
         source.slots -= engine.slots
+        source.engines -= 1
     return chosen

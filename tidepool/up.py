@@ -1,9 +1,12 @@
 """`tidepool up`: the whole stack on one machine, on the embedded store, until Ctrl-C.
 
-It starts the registry, creates the public aliases (`zh-public`, `en-public`)
-if they are missing, then a mixed fleet of engine stubs across languages, tiers
-and weights, then the router, and prints where everything listens and how to
-send traffic. Ctrl-C (or SIGTERM) stops the router first (no new traffic), then
+It starts the registry, then the pool scheduler (with `--policy`, or a default
+policy for this fleet written to the data directory), then a mixed fleet of
+engine stubs across languages, tiers and weights that register without a pool
+(the scheduler admits them into `zh-public` and `en-public` and creates those
+aliases), then the router, and prints where everything listens and how to send
+traffic. Ctrl-C (or SIGTERM) stops the router first (no new traffic), then the
+scheduler (it hands back its leadership and stops engines it started), then
 drains and stops the engines, then the registry.
 """
 
@@ -13,9 +16,11 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import uvloop
@@ -30,6 +35,7 @@ from registry.sdk.options import (
     parse_positive_float,
     resolve,
 )
+from scheduler.policy import DEFAULT_POLICY_TEXT
 from tidepool.registry.v1 import registry_pb2 as pb
 from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
 from tidepool.supervise import (
@@ -44,7 +50,8 @@ from tidepool.supervise import (
 ENV = "TIDEPOOL_UP_"
 READY_TIMEOUT_S = 60.0
 ENGINE_STOP_S = 35.0
-PUBLIC_ALIASES = {"zh-public": "lang=zh", "en-public": "lang=en"}
+ADMISSION_TIMEOUT_S = 30.0
+POLL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,22 @@ OPTIONS = (
         _address,
         "HOST:PORT",
     ),
+    Option(
+        "scheduler_http_listen",
+        ENV + "SCHEDULER_HTTP_LISTEN",
+        "127.0.0.1:7720",
+        "scheduler /metrics and health address",
+        _address,
+        "HOST:PORT",
+    ),
+    Option(
+        "policy",
+        ENV + "POLICY",
+        None,
+        "scheduler policy TOML (default: a policy for this fleet, written to the data dir)",
+        str,
+        "FILE",
+    ),
     Option("engine_token", ENV + "ENGINE_TOKEN", None, "engine token (registry and engines)"),
     Option("admin_token", ENV + "ADMIN_TOKEN", None, "admin token (registry)"),
 )
@@ -196,21 +219,68 @@ def _router_args(registry: str, settings: Mapping[str, object]) -> list[str]:
     return args
 
 
-async def ensure_public_aliases(registry: str, token: str | None) -> None:
-    """Create `zh-public` and `en-public` unless an operator already defined them."""
+def _policy_path(settings: Mapping[str, object]) -> str:
+    """The policy the scheduler runs: `--policy`, or the default written to the data dir."""
+    if settings["policy"]:
+        return str(settings["policy"])
+    path = Path(str(settings["data_dir"])) / "policy.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(DEFAULT_POLICY_TEXT, encoding="utf-8")
+    return str(path)
+
+
+def _scheduler_args(registry: str, settings: Mapping[str, object]) -> list[str]:
+    args = [
+        "scheduler",
+        "run",
+        "--registry",
+        registry,
+        "--policy",
+        _policy_path(settings),
+        "--http-listen",
+        str(settings["scheduler_http_listen"]),
+    ]
+    if settings["admin_token"]:
+        args += ["--token", str(settings["admin_token"])]
+    if settings["engine_token"]:
+        args += ["--engine-token", str(settings["engine_token"])]
+    return args
+
+
+async def wait_admitted(registry: str, token: str | None, ids: Sequence[str]) -> None:
+    """Wait until the scheduler has labelled every engine of the fleet into a pool."""
     channel = open_channel(registry)
     try:
         stub = pb_grpc.RegistryStub(channel)
-        admin = pb_grpc.AdminStub(channel)
         metadata = auth_metadata(token)
-        existing = await stub.ListAliases(pb.ListAliasesRequest(), metadata=metadata, timeout=10)
-        have = {a.name for a in existing.aliases}
-        for name, selector in PUBLIC_ALIASES.items():
-            if name not in have:
-                alias = pb.Alias(name=name, selector=selector, service="speech")
-                await admin.PutAlias(pb.PutAliasRequest(alias=alias), metadata=metadata, timeout=10)
+        deadline = asyncio.get_running_loop().time() + ADMISSION_TIMEOUT_S
+        waiting = set(ids)
+        while True:
+            listing = await stub.ListInstances(
+                pb.ListInstancesRequest(), metadata=metadata, timeout=10
+            )
+            waiting -= {i.id for i in listing.instances if i.labels.get("pool")}
+            if not waiting:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise ChildError(
+                    f"the scheduler did not admit {sorted(waiting)[0]} into a pool within "
+                    f"{ADMISSION_TIMEOUT_S:g}s; see its log lines above"
+                )
+            await asyncio.sleep(POLL_S)
     finally:
         await channel.close()
+
+
+def command_prefix() -> str:
+    """How the user ran us, so the printed commands work from where they stand."""
+    invoked = sys.argv[0] if sys.argv and sys.argv[0] else "tidepool"
+    if os.path.basename(invoked) != "tidepool":
+        return "tidepool"
+    found = shutil.which("tidepool")
+    if found and os.path.realpath(found) == os.path.realpath(invoked):
+        return "tidepool"
+    return invoked
 
 
 def _say(text: str) -> None:
@@ -240,35 +310,58 @@ async def run(settings: Mapping[str, object]) -> int:
     _say(f"tidepool up: starting the registry (data in {settings['data_dir']})")
     registry = await start_child("registry", _registry_args(settings), READY_TIMEOUT_S)
     engines: list[Child] = []
+    scheduler: Child | None = None
     router: Child | None = None
     try:
         address = registry.fields["grpc"]
-        await ensure_public_aliases(address, settings["admin_token"])  # type: ignore[arg-type]
         _say(f"registry  grpc={address}  http={registry.fields.get('http')}")
+        scheduler = await start_child(
+            "scheduler", _scheduler_args(address, settings), READY_TIMEOUT_S
+        )
+        _say(f"scheduler role={scheduler.fields.get('role')}  http={scheduler.fields.get('http')}")
         engines = await _start_fleet(settings, address)
+        ids = [e.fields.get("id", "") for e in engines]
+        await wait_admitted(address, settings["admin_token"], ids)  # type: ignore[arg-type]
         router = await start_child("router", _router_args(address, settings), READY_TIMEOUT_S)
         at = router.fields.get("grpc", "?")
         _say(f"router    grpc={at}  http={router.fields.get('http')}")
+        me = command_prefix()
         _say(
             f"tidepool up: {len(engines)} engines ready behind the router. Try:\n"
-            f"  tidepool loadtest --target {at} --alias zh-public --rate 50 --duration 5\n"
-            f"  tidepool ctl --registry {address} instances\n"
+            f"  {me} loadtest --target {at} --alias zh-public --rate 50 --duration 5\n"
+            f"  {me} ctl --registry {address} instances\n"
+            f"  {me} ctl --registry {address} pools\n"
             "Send gRPC to the router with metadata x-tidepool-alias: zh-public (or en-public). "
             "Ctrl-C stops everything."
         )
-        exited = await until_stopped_or_exited(stop, [registry, router])
-        if exited is not None:
-            _say(f"tidepool up: the {exited.name} exited; stopping everything")
-            return 1
-        return 0
+        return await _watch(stop, [registry, scheduler, router], engines)
     finally:
         if router is not None:
             _say("tidepool up: stopping the router")
             await router.stop(15.0)
+        if scheduler is not None:
+            _say("tidepool up: stopping the scheduler")
+            await scheduler.stop(ENGINE_STOP_S)
         _say("tidepool up: draining engines, then stopping the registry")
         await asyncio.gather(*(e.stop(ENGINE_STOP_S) for e in engines))
         await registry.stop(10.0)
         _say("tidepool up: stopped")
+
+
+async def _watch(stop: asyncio.Event, vital: list[Child], engines: list[Child]) -> int:
+    """Until Ctrl-C: an engine that exits is reported (the rest keep serving); a vital
+    process that exits stops everything."""
+    watched = [*vital, *engines]
+    while True:
+        exited = await until_stopped_or_exited(stop, watched)
+        if exited is None:
+            return 0
+        if exited not in engines:
+            _say(f"tidepool up: the {exited.name} exited; stopping everything")
+            return 1
+        code = exited.process.returncode
+        _say(f"tidepool up: {exited.name} exited with status {code}; the others keep serving")
+        watched.remove(exited)
 
 
 def parser() -> argparse.ArgumentParser:

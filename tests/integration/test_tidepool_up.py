@@ -55,6 +55,8 @@ def test_up_runs_a_mixed_fleet_until_interrupted(tmp_path: Path) -> None:
             "127.0.0.1:0",
             "--router-http-listen",
             "127.0.0.1:0",
+            "--scheduler-http-listen",
+            "127.0.0.1:0",
             "--fleet",
             FLEET,
             "--model-load-seconds",
@@ -90,6 +92,13 @@ def test_up_runs_a_mixed_fleet_until_interrupted(tmp_path: Path) -> None:
             ("zh", "idc"),
         ]
         assert {i["state"] for i in instances} == {"ready"}
+        # The scheduler admitted every engine into the public pool of its language.
+        assert {i["labels"]["pool"] for i in instances if i["labels"]["lang"] == "zh"} == {
+            "zh-public"
+        }
+        assert {i["labels"]["pool"] for i in instances if i["labels"]["lang"] == "en"} == {
+            "en-public"
+        }
         assert sorted(i["weight"] for i in instances) == [60, 100]
         aliases = json.loads(_ctl(registry, "alias", "list", "--json").stdout)
         assert {a["name"] for a in aliases} == {"zh-public", "en-public"}
@@ -106,6 +115,7 @@ def test_up_runs_a_mixed_fleet_until_interrupted(tmp_path: Path) -> None:
         rest, _ = process.communicate(timeout=60)
         assert process.returncode == 0, rest
         assert "tidepool up: stopped" in rest
+        assert "released the leadership" in rest
         assert "Traceback" not in "".join(lines) + rest
     finally:
         if process.poll() is None:

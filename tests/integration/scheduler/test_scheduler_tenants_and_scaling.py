@@ -285,11 +285,6 @@ async def _stop_and_check_no_engines_left(fleet: Fleet, scheduler: RunningProces
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scheduler/scaling.py _shortfall counts `starting` but not this tick's admissions "
-    "(state.joining), so an empty pool asks for an engine while admitting one",
-)
 async def test_admitting_an_engine_into_an_empty_pool_starts_no_provider_engine(
     fleet: Fleet,
 ) -> None:
