@@ -45,6 +45,8 @@ class SchedulerRunner:
         self.memory = Memory.for_policy(self.policy)
         self.applier = Applier(self.registry, self.policy, self.metrics, self.provider)
         self.role_changed = asyncio.Event()
+        self._printed: set[str] = set()
+        self._failing = False
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick every `interval_s` until `stop` is set; then release the leadership."""
@@ -66,13 +68,21 @@ class SchedulerRunner:
                 await self._dry_tick()
             elif await self._keep_leadership():
                 await self._lead()
+            if self._failing:
+                log.warning("the registry answers again")
+            self._failing = False
             self.last_contact = time.monotonic()
         except FencedError as exc:
             log.warning("lost the leadership: %s", exc)
             self._become("standby", None)
         except SchedulerError as exc:
             self.metrics.errors.labels("registry").inc()
-            log.warning("tick failed: %s", exc)
+            # One line when the trouble starts, not one a tick while it lasts.
+            if not self._failing:
+                log.warning(
+                    "tick failed: %s (retrying every %gs)", exc, self.policy.loop.interval_s
+                )
+            self._failing = True
 
     async def _keep_leadership(self) -> bool:
         lease = await self.registry.acquire(self.holder, self.policy.loop.leader_ttl_s)
@@ -146,13 +156,18 @@ class SchedulerRunner:
             self.metrics.pool_size.labels(state.name, "desired").set(state.desired)
 
     async def _dry_tick(self) -> None:
-        """Plan against the live fleet and print what would be done; write nothing."""
+        """Plan against the live fleet and print what would be done; write nothing.
+
+        Nothing is carried out, so the same decisions come back every tick: each is
+        printed when it first appears, not again while it stays the same.
+        """
         self.role = "dry-run"
         fleet = await self._observe()
         decided = self._plan(fleet, self.clock())
-        for decision in decided.decisions:
-            if decision.kind != "hold":
-                sys.stdout.write(f"dry-run: would {decision}\n")
+        lines = {f"dry-run: would {d}" for d in decided.decisions if d.kind != "hold"}
+        for line in sorted(lines - self._printed):
+            sys.stdout.write(line + "\n")
+        self._printed = lines
         sys.stdout.flush()
 
     async def shutdown(self) -> None:
