@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import grpc
 
 from registry.sdk import auth_metadata, open_channel
+from registry.sdk.states import MOVE_STATE_NAMES, MOVE_STATES_BY_NAME, state_name
 from scheduler.errors import FencedError, RegistryCallError
 from scheduler.fleet import HOME_LABEL, POOL_LABEL, PROVIDER_LABEL, Engine, MoveView
 from tidepool.registry.v1 import registry_pb2 as pb
@@ -21,23 +22,6 @@ from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
 T = TypeVar("T")
 CALL_TIMEOUT_S = 5.0
 FENCE_HEADER = "x-tidepool-fence"
-STATE_NAMES = {
-    pb.INSTANCE_STATE_READY: "ready",
-    pb.INSTANCE_STATE_DRAINING: "draining",
-    pb.INSTANCE_STATE_SWITCHING: "switching",
-    pb.INSTANCE_STATE_STALLED: "stalled",
-    pb.INSTANCE_STATE_UNHEALTHY: "unhealthy",
-}
-MOVE_STATES = {
-    pb.Move.STATE_PENDING: "pending",
-    pb.Move.STATE_DRAINING: "draining",
-    pb.Move.STATE_SWITCHING: "switching",
-    pb.Move.STATE_ADMITTING: "admitting",
-    pb.Move.STATE_DONE: "done",
-    pb.Move.STATE_ROLLING_BACK: "rolling_back",
-    pb.Move.STATE_ROLLED_BACK: "rolled_back",
-}
-MOVE_STATE_NUMBERS = {name: number for number, name in MOVE_STATES.items()}
 
 
 def engine_from_pb(instance: Any) -> Engine:
@@ -48,7 +32,7 @@ def engine_from_pb(instance: Any) -> Engine:
         tier=labels.get("tier", ""),
         weight=instance.weight,
         slots=instance.load.slots or instance.capacity,
-        state=STATE_NAMES.get(instance.state, "unknown"),
+        state=state_name(instance.state),
         in_flight=instance.load.in_flight,
         queued=instance.load.queued,
         pool=labels.get(POOL_LABEL, ""),
@@ -65,7 +49,7 @@ def move_from_pb(move: Any) -> MoveView:
         instance_id=move.instance_id,
         from_pool=move.from_pool,
         to_pool=move.to_pool,
-        state=MOVE_STATES.get(move.state, "pending"),
+        state=MOVE_STATE_NAMES.get(move.state, "unknown"),
         reason=move.reason,
         started_at=move.started_at.ToNanoseconds() / 1e9,
         updated_at=move.updated_at.ToNanoseconds() / 1e9,
@@ -182,7 +166,7 @@ class SchedulerRegistry:
         message = pb.Move(
             id=move.id,
             instance_id=move.instance_id,
-            state=MOVE_STATE_NUMBERS[state],
+            state=MOVE_STATES_BY_NAME[state],
             reason=reason,
             from_lang=from_lang,
             to_lang=to_lang,

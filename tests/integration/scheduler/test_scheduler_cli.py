@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -21,7 +20,6 @@ from tests.support.fleet_harness import (
     EngineSpec,
     Fleet,
     Metrics,
-    Router,
     http_get,
     leadership,
     list_pools,
@@ -31,54 +29,17 @@ from tests.support.fleet_harness import (
     wait_routable,
 )
 from tests.support.processes import REPO_ROOT, child_env, wait_until_async
+from tests.support.scheduler_harness import (
+    assert_finished_cleanly,
+    start_loadtest,
+    two_pool_policy,
+)
 from tidepool.registry.v1 import registry_pb2 as pb
 from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
-LOAD_TIMEOUT_S = 60.0
 BAD_EXIT_S = 30.0
-
-
-def _policy(*, zh_max: int = 5, en_min: int = 1) -> str:
-    return f"""\
-[scheduler]
-interval_s = 0.25
-window_s = 1.0
-cooldown_s = 1.0
-min_stay_s = 2.0
-drain_timeout_s = 3.0
-switch_timeout_s = 15.0
-leader_ttl_s = 1.0
-expected_switch_s = 0.5
-
-[[pools]]
-name = "zh-public"
-lang = "zh"
-min = 1
-max = {zh_max}
-target_utilization = 0.5
-high_watermark = 0.75
-low_watermark = 0.25
-lend_to = ["en-public"]
-
-[[pools]]
-name = "en-public"
-lang = "en"
-min = {en_min}
-max = 5
-target_utilization = 0.5
-high_watermark = 0.75
-low_watermark = 0.25
-lend_to = ["zh-public"]
-"""
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with Fleet(tmp_path) as started:
-        started.start_registry()
-        yield started
 
 
 # ---- policy validation ---------------------------------------------------------------------
@@ -134,7 +95,7 @@ async def test_a_dry_run_prints_admissions_and_changes_nothing(fleet: Fleet) -> 
         EngineSpec("zh-0", lang="zh", model_load_s=0.1),
         EngineSpec("en-0", lang="en", model_load_s=0.1),
     )
-    scheduler = fleet.start_scheduler(_policy(), "--dry-run", role="dry-run")
+    scheduler = fleet.start_scheduler(two_pool_policy(), "--dry-run", role="dry-run")
     await wait_until_async(
         lambda: all(f"dry-run: would admit {p}: {e}" in scheduler.stdout() for p, e in _ADMITS),
         10.0,
@@ -195,30 +156,8 @@ async def _wait_published(fleet: Fleet, ready: dict[str, int]) -> None:
     )
 
 
-def _loadtest(router: Router, alias: str, rate: int, duration_s: float) -> subprocess.Popen[str]:
-    """`tidepool loadtest` through the router; exits 3 if a single call fails."""
-    return subprocess.Popen(
-        tidepool_args(
-            "loadtest",
-            *("--target", router.grpc, "--alias", alias),
-            *("--rate", str(rate), "--duration", f"{duration_s:g}"),
-            *("--max-error-rate", "0", "--timeout", "10"),
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=child_env(),
-        cwd=REPO_ROOT,
-    )
-
-
-def _finished_cleanly(load: subprocess.Popen[str]) -> None:
-    output, _ = load.communicate(timeout=LOAD_TIMEOUT_S)
-    assert load.returncode == 0, f"loadtest exited {load.returncode}:\n{output[-3000:]}"
-
-
 async def test_a_manual_move_under_load_loses_no_call(fleet: Fleet) -> None:
-    fleet.start_scheduler(_policy())
+    fleet.start_scheduler(two_pool_policy())
     fleet.start_engines(
         EngineSpec("zh-0", lang="zh", model_load_s=0.1),
         *(EngineSpec(f"en-{i}", lang="en", model_load_s=0.5) for i in range(3)),
@@ -227,7 +166,7 @@ async def test_a_manual_move_under_load_loses_no_call(fleet: Fleet) -> None:
     router = fleet.start_router()
     await wait_routable(router, "en-public", 3)
 
-    load = await asyncio.to_thread(_loadtest, router, "en-public", 40, 8.0)
+    load = await asyncio.to_thread(start_loadtest, router, "en-public", 40, 8.0)
     try:
         await wait_for_metric(
             router,
@@ -238,7 +177,7 @@ async def test_a_manual_move_under_load_loses_no_call(fleet: Fleet) -> None:
         move = ("move", "--instance", "en-0", "--to", "zh-public", "--wait", "--timeout", "20")
         moved = await asyncio.to_thread(fleet.ctl, *move)
     finally:
-        await asyncio.to_thread(_finished_cleanly, load)
+        await asyncio.to_thread(assert_finished_cleanly, load)
 
     assert "done" in moved.splitlines()[-1], moved
     assert load.returncode == 0
@@ -247,7 +186,7 @@ async def test_a_manual_move_under_load_loses_no_call(fleet: Fleet) -> None:
 
 
 async def test_ctl_refuses_a_move_below_min_or_above_max(fleet: Fleet) -> None:
-    fleet.start_scheduler(_policy(zh_max=1, en_min=2))
+    fleet.start_scheduler(two_pool_policy(zh_max=1, en_min=2))
     fleet.start_engines(
         EngineSpec("zh-0", lang="zh", model_load_s=0.1),
         *(EngineSpec(f"en-{i}", lang="en", model_load_s=0.1) for i in range(3)),
@@ -266,7 +205,7 @@ async def test_ctl_refuses_a_move_below_min_or_above_max(fleet: Fleet) -> None:
 
 async def test_the_scheduler_itself_refuses_a_move_that_breaks_min_or_max(fleet: Fleet) -> None:
     """Moves created without ctl's checks (PutMove straight away) are refused at the tick."""
-    scheduler = fleet.start_scheduler(_policy(zh_max=1, en_min=2))
+    scheduler = fleet.start_scheduler(two_pool_policy(zh_max=1, en_min=2))
     fleet.start_engines(
         EngineSpec("zh-0", lang="zh", model_load_s=0.1),
         *(EngineSpec(f"en-{i}", lang="en", model_load_s=0.1) for i in range(3)),

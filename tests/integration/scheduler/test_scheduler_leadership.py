@@ -12,8 +12,6 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -29,6 +27,7 @@ from tests.support.fleet_harness import (
     list_pools,
 )
 from tests.support.processes import RunningProcess, wait_until_async
+from tests.support.scheduler_harness import two_pool_policy
 from tidepool.registry.v1 import registry_pb2 as pb
 from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
 
@@ -37,48 +36,6 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 TAKEOVER_LIMIT_S = 5.0
 SWITCHING = pb.Move.STATE_SWITCHING
 FINISHED = (pb.Move.STATE_DONE, pb.Move.STATE_ROLLED_BACK)
-
-
-def _policy(leader_ttl_s: float) -> str:
-    """Two lending pools with a fast loop; `leader_ttl_s` sets how long a dead leader holds on."""
-    return f"""\
-[scheduler]
-interval_s = 0.25
-window_s = 1.0
-cooldown_s = 1.0
-min_stay_s = 2.0
-drain_timeout_s = 3.0
-switch_timeout_s = 15.0
-leader_ttl_s = {leader_ttl_s}
-expected_switch_s = 0.5
-
-[[pools]]
-name = "zh-public"
-lang = "zh"
-min = 1
-max = 5
-target_utilization = 0.5
-high_watermark = 0.75
-low_watermark = 0.25
-lend_to = ["en-public"]
-
-[[pools]]
-name = "en-public"
-lang = "en"
-min = 1
-max = 5
-target_utilization = 0.5
-high_watermark = 0.75
-low_watermark = 0.25
-lend_to = ["zh-public"]
-"""
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with Fleet(tmp_path) as started:
-        started.start_registry()
-        yield started
 
 
 async def _held_by(fleet: Fleet, holder: str) -> bool:
@@ -108,7 +65,7 @@ async def _wait_log(process: RunningProcess, *needles: str, timeout_s: float = 5
 
 
 def _start_pair(fleet: Fleet, leader_ttl_s: float) -> tuple[RunningProcess, RunningProcess]:
-    policy = _policy(leader_ttl_s)
+    policy = two_pool_policy(leader_ttl_s=leader_ttl_s)
     leader = fleet.start_scheduler(policy, holder="sched-a")
     standby = fleet.start_scheduler(policy, holder="sched-b", role="standby")
     return leader, standby

@@ -11,12 +11,7 @@ found by command line in /proc, and killed there if a test fails half-way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -31,10 +26,10 @@ from tests.support.fleet_harness import (
     http_get,
     sequential,
     tenant_routes,
-    tidepool_args,
     wait_routable,
 )
-from tests.support.processes import REPO_ROOT, RunningProcess, child_env, wait_until_async
+from tests.support.processes import RunningProcess, wait_until_async
+from tests.support.scheduler_harness import assert_finished_cleanly, start_loadtest
 from tidepool.registry.v1 import registry_pb2 as pb
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
@@ -71,7 +66,6 @@ aliases = ["zh-acme", "zh-public"]
 """
 )
 ACME = ("acme", "zh")
-LOAD_TIMEOUT_S = 60.0
 CALLS = 10
 
 
@@ -107,19 +101,6 @@ def provider_engine_pids(fleet: Fleet) -> list[int]:
         if "engine-stub" in words and registry in words and labelled:
             pids.append(int(entry.name))
     return pids
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with Fleet(tmp_path) as started:
-        started.start_registry()
-        try:
-            yield started
-        finally:
-            # Leftovers only when a test failed early: a passing test waits until none is left.
-            for pid in provider_engine_pids(started):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
 
 
 # ---- tenants -------------------------------------------------------------------------------
@@ -185,28 +166,6 @@ async def test_a_tenant_falls_back_to_the_public_pool_while_its_own_is_empty(
 # ---- scaling through the local provider ----------------------------------------------------
 
 
-def _saturate(router: Router, duration_s: float) -> subprocess.Popen[str]:
-    """zh load well above one slow two-slot engine; errors allowed (the pool is overloaded)."""
-    return subprocess.Popen(
-        tidepool_args(
-            "loadtest",
-            *("--target", router.grpc, "--alias", "zh-public"),
-            *("--rate", "40", "--duration", f"{duration_s:g}"),
-            *("--max-error-rate", "1", "--timeout", "10"),
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=child_env(),
-        cwd=REPO_ROOT,
-    )
-
-
-def _finished(load: subprocess.Popen[str]) -> None:
-    output, _ = load.communicate(timeout=LOAD_TIMEOUT_S)
-    assert load.returncode == 0, f"loadtest exited {load.returncode}:\n{output[-3000:]}"
-
-
 async def _provider_engines(fleet: Fleet) -> list[pb.Instance]:
     return [i for i in (await fleet.instances()).values() if i.labels.get("provider") == "local"]
 
@@ -230,7 +189,8 @@ async def _scale_up_under_load(
     scheduler = fleet.start_scheduler(policy)
     router = fleet.start_router()
     await wait_routable(router, "zh-public", 1)
-    load = await asyncio.to_thread(_saturate, router, 6.0)
+    # zh load far above one slow two-slot engine; errors allowed (it is overloaded).
+    load = await asyncio.to_thread(start_loadtest, router, "zh-public", 40, 6.0, max_error_rate=1.0)
     try:
         await wait_until_async(
             lambda: _provider_engines_ready(fleet),
@@ -239,7 +199,7 @@ async def _scale_up_under_load(
             interval_s=0.1,
         )
     finally:
-        await asyncio.to_thread(_finished, load)
+        await asyncio.to_thread(assert_finished_cleanly, load)
     return await _provider_engines(fleet), scheduler
 
 

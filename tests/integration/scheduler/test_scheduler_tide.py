@@ -9,53 +9,25 @@ engines moved.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.support.fleet_harness import EngineSpec, Fleet, Router, tidepool_args
-from tests.support.processes import REPO_ROOT, child_env, wait_until_async
+from tests.support.fleet_harness import EngineSpec, Fleet
+from tests.support.processes import wait_until_async
+from tests.support.scheduler_harness import (
+    assert_finished_cleanly,
+    start_loadtest,
+    two_pool_policy,
+)
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 # Fast enough for a test: decisions on a 2 s window, moves settle within seconds.
-POLICY = """\
-[scheduler]
-interval_s = 0.25
-window_s = 2.0
-cooldown_s = 2.0
-min_stay_s = 3.0
-drain_timeout_s = 3.0
-switch_timeout_s = 15.0
-leader_ttl_s = 1.0
-expected_switch_s = 0.5
-
-[[pools]]
-name = "zh-public"
-lang = "zh"
-min = 1
-max = 5
-target_utilization = 0.5
-high_watermark = 0.75
-low_watermark = 0.25
-lend_to = ["en-public"]
-
-[[pools]]
-name = "en-public"
-lang = "en"
-min = 1
-max = 5
-target_utilization = 0.5
-high_watermark = 0.75
-low_watermark = 0.25
-lend_to = ["zh-public"]
-"""
+# Decisions on a 2 s window; moves settle within seconds.
+POLICY = two_pool_policy(window_s=2.0, cooldown_s=2.0, min_stay_s=3.0)
 SLOW = "0.1"
 """Engine speed: a 0.1 s clip takes ~90 ms, so 4 slots serve ~44 calls/s."""
-LOAD_TIMEOUT_S = 60.0
 
 
 def _engines(lang: str, count: int) -> list[EngineSpec]:
@@ -63,35 +35,6 @@ def _engines(lang: str, count: int) -> list[EngineSpec]:
         EngineSpec(f"{lang}-{i}", lang=lang, slots=4, speed=SLOW, model_load_s=0.3)
         for i in range(count)
     ]
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with Fleet(tmp_path) as started:
-        started.start_registry()
-        yield started
-
-
-def _loadtest(router: Router, alias: str, rate: int, duration_s: float) -> subprocess.Popen[str]:
-    """`tidepool loadtest` through the router; exits 3 if a single call fails."""
-    return subprocess.Popen(
-        tidepool_args(
-            "loadtest",
-            *("--target", router.grpc, "--alias", alias),
-            *("--rate", str(rate), "--duration", f"{duration_s:g}"),
-            *("--max-error-rate", "0", "--timeout", "10"),
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=child_env(),
-        cwd=REPO_ROOT,
-    )
-
-
-def _finished_cleanly(load: subprocess.Popen[str]) -> None:
-    output, _ = load.communicate(timeout=LOAD_TIMEOUT_S)
-    assert load.returncode == 0, f"loadtest exited {load.returncode}:\n{output[-3000:]}"
 
 
 async def _admitted(fleet: Fleet, count: int) -> None:
@@ -135,27 +78,27 @@ async def test_a_chinese_surge_borrows_english_engines_and_they_go_home_when_eng
     router = fleet.start_router()
 
     # Chinese at ~90 % of its 8 slots, English idle: an English engine turns Chinese.
-    surge = await asyncio.to_thread(_loadtest, router, "zh-public", 110, 12.0)
+    surge = await asyncio.to_thread(start_loadtest, router, "zh-public", 110, 12.0)
     await wait_until_async(
         lambda: _lent(fleet),
         15.0,
         "no English engine moved into zh-public during the Chinese surge",
         interval_s=0.2,
     )
-    await asyncio.to_thread(_finished_cleanly, surge)
+    await asyncio.to_thread(assert_finished_cleanly, surge)
     lent = await _lent(fleet)
     instances = await fleet.instances()
     assert all(instances[i].labels["lang"] == "zh" for i in lent), "moved without switching"
 
     # The tide turns: English surges, Chinese idles; the borrowed engines go home first.
-    turn = await asyncio.to_thread(_loadtest, router, "en-public", 110, 14.0)
+    turn = await asyncio.to_thread(start_loadtest, router, "en-public", 110, 14.0)
     await wait_until_async(
         lambda: _home(fleet, lent),
         20.0,
         lambda: f"engines lent to zh-public ({sorted(lent)}) did not come back to en-public",
         interval_s=0.2,
     )
-    await asyncio.to_thread(_finished_cleanly, turn)
+    await asyncio.to_thread(assert_finished_cleanly, turn)
     finished = [m for m in await fleet.moves() if m.state in (5, 7)]
     assert finished, "no finished moves recorded"
     assert all(m.state == 5 for m in finished), [(m.id, m.reason) for m in finished]
@@ -188,8 +131,8 @@ async def test_steady_moderate_load_moves_nothing(fleet: Fleet) -> None:
     await _admitted(fleet, 4)
     router = fleet.start_router()
     # About 40 % of each pool: between the watermarks, with Poisson noise.
-    zh = await asyncio.to_thread(_loadtest, router, "zh-public", 35, 10.0)
-    en = await asyncio.to_thread(_loadtest, router, "en-public", 35, 10.0)
-    await asyncio.to_thread(_finished_cleanly, zh)
-    await asyncio.to_thread(_finished_cleanly, en)
+    zh = await asyncio.to_thread(start_loadtest, router, "zh-public", 35, 10.0)
+    en = await asyncio.to_thread(start_loadtest, router, "en-public", 35, 10.0)
+    await asyncio.to_thread(assert_finished_cleanly, zh)
+    await asyncio.to_thread(assert_finished_cleanly, en)
     assert await fleet.moves() == []
