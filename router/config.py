@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from registry.sdk.options import (
+    CONFIG_ENV,
     CommandParser,
     ConfigError,
     Option,
-    add_options,
     parse_choice,
     parse_host_port,
     resolve,
@@ -214,11 +214,71 @@ OPTIONS: tuple[Option, ...] = (
 )  # fmt: skip
 
 
+FLAG_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("listening", ("listen", "http_listen", "data_path", "unary_methods", "max_message_bytes")),
+    ("registry", ("registry", "token", "registry_ca", "service", "state_file")),
+    ("balancing", ("balancer", "slow_start_s", "panic_threshold_percent")),
+    ("ejection", ("max_ejection_percent", "ejection_base_s", "ejection_max_s")),
+    ("retries", ("max_attempts", "retry_budget_percent", "idempotent_methods")),
+    ("deadlines", ("default_deadline_s", "stream_first_response_s", "stream_idle_s")),
+    ("TLS", ("tls_cert", "tls_key", "engine_ca", "engine_server_name")),
+    ("process", ("processes", "log_level")),
+)
+"""`router serve --help` shows the flags in these groups; every option is in one."""
+CHOICES: dict[str, tuple[str, ...]] = {
+    "balancer": PICKER_KINDS,
+    "data_path": DATA_PATHS,
+    "log_level": LOG_LEVELS,
+}
+
+
+def _metavar(name: str) -> str:
+    if name in CHOICES:
+        return "{" + ",".join(CHOICES[name]) + "}"
+    if name.endswith("_s"):
+        return "S"
+    if name.endswith("_percent"):
+        return "PERCENT"
+    if name in ("registry", "listen", "http_listen"):
+        return "HOST:PORT"
+    if name.endswith(("_ca", "_cert", "_key", "_file")):
+        return "FILE"
+    if name.endswith("_methods"):
+        return "METHODS"
+    if name.endswith("_bytes"):
+        return "BYTES"
+    if name in ("max_attempts", "processes"):
+        return "N"
+    return "NAME" if name.endswith("_name") else name.upper()
+
+
 def build_parser(prog: str = "tidepool router serve") -> argparse.ArgumentParser:
     parser = CommandParser(
         prog=prog, description="Route gRPC calls to healthy engines by alias or tenant."
     )
-    add_options(parser, OPTIONS)
+    by_name = {option.name: option for option in OPTIONS}
+    groups = {title: parser.add_argument_group(title) for title, _ in FLAG_GROUPS}
+    for title, names in FLAG_GROUPS:
+        group = groups[title]
+        for name in names:
+            option = by_name[name]
+            shown = "unset" if option.default is None else repr(option.default)
+            # Values stay None so `resolve` sees what was given; the option's own
+            # parser checks choices, with the same message as from the environment.
+            group.add_argument(
+                option.flag,
+                dest=option.name,
+                default=None,
+                metavar=_metavar(name),
+                help=f"{option.help} [env {option.env}; default {shown}]",
+            )
+    groups["process"].add_argument(
+        "--config",
+        dest="config_file",
+        default=None,
+        metavar="FILE",
+        help=f"TOML file whose keys are the option names above [env {CONFIG_ENV}]",
+    )
     return parser
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
 
-USAGE = """usage: tidepool COMMAND [ARGS]
+USAGE = """usage: tidepool [--version] COMMAND [ARGS]
 
 commands:
   registry serve   run the registry (embedded store)
@@ -18,21 +19,44 @@ commands:
 
 Run `tidepool COMMAND --help` for a command's flags.
 """
+SUBCOMMANDS = {
+    "registry": ("serve", "run the registry on the embedded store"),
+    "router": ("serve", "run a router: balance gRPC calls over healthy engines"),
+    "scheduler": ("run", "run the pool scheduler with a policy file (--policy FILE)"),
+}
 
 
-def _serve_command(component: str, argv: Sequence[str]) -> Sequence[str] | int:
-    """The flags after `COMPONENT serve`, or the exit code of a usage error."""
-    if not argv or argv[0] in ("-h", "--help"):
-        sys.stdout.write(f"usage: tidepool {component} serve [FLAGS]   (see --help after serve)\n")
+def package_version() -> str:
+    """The installed distribution's version ("unknown" when run from a bare checkout)."""
+    try:
+        return version("tidepool")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _group_usage(component: str) -> str:
+    name, summary = SUBCOMMANDS[component]
+    return (
+        f"usage: tidepool {component} COMMAND [FLAGS]\n\n"
+        f"commands:\n  {name:8} {summary}\n\n"
+        f"Run `tidepool {component} {name} --help` for its flags.\n"
+    )
+
+
+def _subcommand(component: str, argv: Sequence[str]) -> Sequence[str] | int:
+    """The flags after `COMPONENT serve` (or `run`), or the exit code of a usage error."""
+    name = SUBCOMMANDS[component][0]
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        (sys.stdout if argv else sys.stderr).write(_group_usage(component))
         return 0 if argv else 2
-    if argv[0] != "serve":
-        sys.stderr.write(f"tidepool {component}: unknown command {argv[0]!r}; try `serve`\n")
+    if argv[0] != name:
+        sys.stderr.write(f"tidepool {component}: unknown command {argv[0]!r}; try `{name}`\n")
         return 2
     return argv[1:]
 
 
 def _registry(argv: Sequence[str]) -> int:
-    flags = _serve_command("registry", argv)
+    flags = _subcommand("registry", argv)
     if isinstance(flags, int):
         return flags
     from registry.server import main
@@ -41,7 +65,7 @@ def _registry(argv: Sequence[str]) -> int:
 
 
 def _router(argv: Sequence[str]) -> int:
-    flags = _serve_command("router", argv)
+    flags = _subcommand("router", argv)
     if isinstance(flags, int):
         return flags
     from tidepool.router_group import main
@@ -50,15 +74,12 @@ def _router(argv: Sequence[str]) -> int:
 
 
 def _scheduler(argv: Sequence[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        sys.stdout.write("usage: tidepool scheduler run --policy FILE [FLAGS]   (see run --help)\n")
-        return 0 if argv else 2
-    if argv[0] != "run":
-        sys.stderr.write(f"tidepool scheduler: unknown command {argv[0]!r}; try `run`\n")
-        return 2
+    flags = _subcommand("scheduler", argv)
+    if isinstance(flags, int):
+        return flags
     from scheduler.server import main
 
-    return main(argv[1:])
+    return main(flags)
 
 
 def _loadtest(argv: Sequence[str]) -> int:
@@ -101,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         sys.stdout.write(USAGE)
         return 0 if args else 2
+    if args[0] in ("--version", "-V"):
+        sys.stdout.write(f"tidepool {package_version()}\n")
+        return 0
     command = COMMANDS.get(args[0])
     if command is None:
         sys.stderr.write(f"tidepool: unknown command {args[0]!r}\n{USAGE}")

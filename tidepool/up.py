@@ -18,7 +18,7 @@ import contextlib
 import os
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -272,15 +272,40 @@ async def wait_admitted(registry: str, token: str | None, ids: Sequence[str]) ->
         await channel.close()
 
 
-def command_prefix() -> str:
-    """How the user ran us, so the printed commands work from where they stand."""
-    invoked = sys.argv[0] if sys.argv and sys.argv[0] else "tidepool"
-    if os.path.basename(invoked) != "tidepool":
+def command_prefix(
+    argv0: str | None = None,
+    main_module: str | None = None,
+    which: Callable[[str], str | None] = shutil.which,
+    executable: str = sys.executable,
+) -> str:
+    """How the user ran us, so the banner's commands work from where they stand.
+
+    `python -m tidepool` (argv[0] is then tidepool/__main__.py) gives `python -m
+    tidepool` with the interpreter as it is found on PATH, or its path when it is not
+    (a venv that is not activated); a `tidepool` script gives `tidepool` when PATH
+    finds that same script, else the path it was run by (`.venv/bin/tidepool`).
+    """
+    invoked = sys.argv[0] if argv0 is None else argv0
+    if main_module is None:
+        main_module = getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", "")
+    if main_module in ("tidepool", "tidepool.__main__"):
+        return f"{_found_as(executable, 'python', which)} -m tidepool"
+    if os.path.basename(invoked or "") != "tidepool":
         return "tidepool"
-    found = shutil.which("tidepool")
-    if found and os.path.realpath(found) == os.path.realpath(invoked):
-        return "tidepool"
-    return invoked
+    return _found_as(invoked, "tidepool", which)
+
+
+def _found_as(path: str, name: str, which: Callable[[str], str | None]) -> str:
+    """`name` when PATH finds the same file as `path`, else `path` (relative if shorter)."""
+    found = which(name)
+    # abspath, not realpath: a venv's python is a symlink to the system one, which
+    # would match the system `python` on PATH that cannot import tidepool.
+    if found and os.path.abspath(found) == os.path.abspath(path):
+        return name
+    if not os.path.isabs(path):
+        return path
+    relative = os.path.relpath(path)
+    return relative if not relative.startswith("..") else path
 
 
 def _say(text: str) -> None:

@@ -2,27 +2,42 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from registry.sdk.channel import auth_metadata, channel_options
+from tidepool.ctl.diagnose import not_a_registry, suspect
+from tidepool.registry.v1 import registry_pb2 as pb
 from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
 CALL_TIMEOUT_S = 10.0
+PROBE_TIMEOUT_S = 1.0
+"""How long telling an engine from another gRPC server may take, after a call failed."""
+ENGINE_SERVICE = "tidepool.engine.v1.Evaluator"
 
 
 class CtlError(Exception):
     """A call failed; the message is one line meant for the operator."""
 
 
+class RegistryGoneError(CtlError):
+    """The registry went away or ended a stream (a watch reconnects after this)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        """Why, without the address: what a reconnecting watch says."""
+
+
 class RegistryClient:
     """Synchronous stubs for the registry's Registry, Admin and Scheduling services."""
 
     def __init__(self, target: str, token: str | None) -> None:
-        self._target = target
+        self.target = target
         self._channel = grpc.insecure_channel(target, options=channel_options())
         self._metadata = auth_metadata(token)
         self.registry = pb_grpc.RegistryStub(self._channel)
@@ -33,11 +48,40 @@ class RegistryClient:
         try:
             return method(request, timeout=CALL_TIMEOUT_S, metadata=self._metadata)
         except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-            details = exc.details() if hasattr(exc, "details") else str(exc)
-            if code == grpc.StatusCode.UNAVAILABLE:
-                details = f"cannot reach the registry at {self._target}: {details}"
-            raise CtlError(f"{code.name}: {details}") from None
+            raise self._error(exc) from None
+
+    def watch(self, request: pb.WatchRequest) -> Iterator[pb.WatchEvent]:
+        """The registry's watch events until the stream ends (RegistryGoneError)."""
+        stream = self.registry.Watch(request, metadata=self._metadata)
+        try:
+            yield from stream
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        finally:
+            stream.cancel()
+        raise RegistryGoneError("the registry ended the watch", "it ended the watch")
+
+    def _error(self, exc: grpc.RpcError) -> CtlError:
+        code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+        details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
+        kind = suspect(code.name, details)
+        if kind is not None:
+            engine = kind == "grpc" and self._is_engine()
+            return CtlError(not_a_registry(self.target, kind, details, engine=engine))
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return RegistryGoneError(
+                f"UNAVAILABLE: cannot reach the registry at {self.target}: {details}", details
+            )
+        return CtlError(f"{code.name}: {details}")
+
+    def _is_engine(self) -> bool:
+        """An engine reports its Evaluator in grpc.health.v1; bounded to a second."""
+        request = health_pb2.HealthCheckRequest(service=ENGINE_SERVICE)
+        try:
+            health_pb2_grpc.HealthStub(self._channel).Check(request, timeout=PROBE_TIMEOUT_S)
+        except grpc.RpcError:
+            return False
+        return True
 
     def close(self) -> None:
         self._channel.close()

@@ -8,63 +8,32 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from registry.sdk.options import (
-    CommandParser,
-    ConfigError,
-    Option,
-    add_options,
-    parse_host_port,
-    parse_positive_float,
-    resolve,
-)
+from registry.sdk.options import ConfigError, parse_positive_float, resolve
+from registry.sdk.states import STATES_BY_NAME
 from tidepool.ctl.client import CtlError, RegistryClient
+from tidepool.ctl.flags import OPTIONS, CtlParser, add_global_flags, finish
+from tidepool.ctl.instances import cmd_drain, cmd_instances, cmd_restore, cmd_weight
 from tidepool.ctl.render import (
     alias_json,
     aliases_table,
-    instance_json,
-    instances_table,
     json_text,
     tenant_json,
     tenants_table,
 )
 from tidepool.ctl.scheduling import cmd_move, cmd_moves, cmd_pools, cmd_top
+from tidepool.ctl.selector import LabelSelector, parse_label_selector
 from tidepool.registry.v1 import registry_pb2 as pb
-
-
-def _target(text: str) -> str:
-    parse_host_port(text)
-    return text
-
-
-OPTIONS = (
-    Option(
-        "registry",
-        "TIDEPOOL_REGISTRY",
-        "127.0.0.1:7700",
-        "registry gRPC address",
-        _target,
-        "HOST:PORT",
-    ),
-    Option("token", "TIDEPOOL_TOKEN", None, "admin (or read) token for the registry", str, "T"),
-)
 
 Command = Callable[[RegistryClient, argparse.Namespace], str | Iterable[str]]
 """A handler returns its text, or yields it in pieces when it comes over time."""
 INTERRUPTED = 130
 
 
-def cmd_instances(client: RegistryClient, args: argparse.Namespace) -> str:
-    response = client.call(
-        client.registry.ListInstances, pb.ListInstancesRequest(service=args.service or "")
-    )
-    if args.json:
-        return json_text([instance_json(i) for i in response.instances])
-    return instances_table(response.instances)
-
-
 def cmd_alias_set(client: RegistryClient, args: argparse.Namespace) -> str:
     alias = pb.Alias(name=args.name, selector=args.selector, service=args.service)
     stored = client.call(client.admin.PutAlias, pb.PutAliasRequest(alias=alias))
+    if args.json:
+        return json_text(alias_json(stored))
     return f"alias {stored.name}: {stored.selector} (service {stored.service})\n"
 
 
@@ -84,6 +53,8 @@ def cmd_tenant_set(client: RegistryClient, args: argparse.Namespace) -> str:
     aliases = [a.strip() for a in args.aliases.split(",")]
     route = pb.TenantRoute(tenant=args.tenant, lang=args.lang, aliases=aliases)
     stored = client.call(client.admin.PutTenant, pb.PutTenantRequest(route=route))
+    if args.json:
+        return json_text(tenant_json(stored))
     return f"tenant {stored.tenant}/{stored.lang}: {','.join(stored.aliases)}\n"
 
 
@@ -101,34 +72,10 @@ def cmd_tenant_delete(client: RegistryClient, args: argparse.Namespace) -> str:
     return f"tenant {args.tenant}/{args.lang} deleted\n"
 
 
-def _instance_line(instance: pb.Instance) -> str:
-    state = instance_json(instance)["state"]
-    return f"{instance.id}: {state}, weight {instance.effective_weight}/{instance.weight}\n"
-
-
-def cmd_drain(client: RegistryClient, args: argparse.Namespace) -> str:
-    return _instance_line(client.call(client.admin.Drain, pb.DrainRequest(instance_id=args.id)))
-
-
-def cmd_restore(client: RegistryClient, args: argparse.Namespace) -> str:
-    request = pb.RestoreRequest(instance_id=args.id)
-    return _instance_line(client.call(client.admin.Restore, request))
-
-
-def cmd_weight(client: RegistryClient, args: argparse.Namespace) -> str:
-    if args.weight is None and not args.clear:
-        raise CtlError("weight: give a WEIGHT from 0 to 1000, or --clear")
-    request = pb.SetWeightRequest(instance_id=args.id, weight=args.weight or 0, clear=args.clear)
-    return _instance_line(client.call(client.admin.SetWeight, request))
-
-
-def _add_json(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON (shape in the README)")
-
-
 def _command(sub: Any, name: str, handler: Command, help_text: str) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
     parser.set_defaults(handler=handler)
+    add_global_flags(parser, top=False)
     return parser
 
 
@@ -140,7 +87,7 @@ def _alias_commands(sub: Any) -> None:
     p.add_argument("name")
     p.add_argument("--selector", required=True, help="k=v[,k=a|b…]: all terms must hold")
     p.add_argument("--service", default="speech", help="service it selects from")
-    _add_json(_command(alias, "list", cmd_alias_list, "list aliases"))
+    _command(alias, "list", cmd_alias_list, "list aliases")
     _command(alias, "delete", cmd_alias_delete, "delete an alias").add_argument("name")
 
 
@@ -152,10 +99,10 @@ def _tenant_commands(sub: Any) -> None:
     p.add_argument("tenant")
     p.add_argument("--lang", required=True, help="language, e.g. zh or en")
     p.add_argument("--aliases", required=True, help="A[,B…]: first with healthy instances wins")
-    _add_json(_command(tenant, "list", cmd_tenant_list, "list tenant routes"))
+    _command(tenant, "list", cmd_tenant_list, "list tenant routes")
     p = _command(tenant, "delete", cmd_tenant_delete, "delete a tenant route")
     p.add_argument("tenant")
-    p.add_argument("--lang", required=True)
+    p.add_argument("--lang", required=True, help="language of the route to delete")
 
 
 def _count(text: str) -> int:
@@ -201,15 +148,12 @@ def _move_command(sub: Any) -> None:
     p.add_argument(
         "--timeout", type=_seconds, default=300.0, metavar="S", help="for --wait (default 300)"
     )
-    _add_json(p)
     p.set_defaults(check=lambda args: _check_move(p, args))
 
 
 def _scheduling_commands(sub: Any) -> None:
-    p = _command(sub, "pools", cmd_pools, "the pools as the scheduler last published them")
-    _add_json(p)
-    p = _command(sub, "moves", cmd_moves, "moves in flight, then the last 100 finished")
-    _add_json(p)
+    _command(sub, "pools", cmd_pools, "the pools as the scheduler last published them")
+    _command(sub, "moves", cmd_moves, "moves in flight, then the last 100 finished")
     _move_command(sub)
     p = _command(sub, "top", cmd_top, "live view of pools, moves and engines (Ctrl-C quits)")
     p.add_argument("--once", action="store_true", help="print one frame and exit")
@@ -219,21 +163,74 @@ def _scheduling_commands(sub: Any) -> None:
     p.set_defaults(interrupt_code=0)
 
 
-def parser() -> argparse.ArgumentParser:
-    result = CommandParser(prog="tidepool ctl", description="Administer a registry.")
-    add_options(result, OPTIONS)
-    sub = result.add_subparsers(dest="command", required=True)
-    p = _command(sub, "instances", cmd_instances, "list instances, their state and load")
+def _selector(text: str) -> LabelSelector:
+    try:
+        return parse_label_selector(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _weight(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 0 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be 0..1000, got {value}")
+    return value
+
+
+def _instances_command(sub: Any) -> None:
+    p = _command(
+        sub,
+        "instances",
+        cmd_instances,
+        "list instances, their state and load (WEIGHT is effective/registered)",
+    )
     p.add_argument("--service", help="only this service")
-    _add_json(p)
+    p.add_argument(
+        "-l",
+        "--selector",
+        type=_selector,
+        metavar="K=V[,K2=A|B]",
+        help="only instances whose labels match (alias selector syntax: all terms must hold)",
+    )
+    p.add_argument(
+        "--state",
+        action="append",
+        choices=[name for name in STATES_BY_NAME if name != "unknown"],
+        help="only instances in this state (repeat for several)",
+    )
+    p.add_argument(
+        "-w",
+        "--watch",
+        action="store_true",
+        help="print a line per change (state, weight, pool) as it happens, until Ctrl-C",
+    )
+
+
+def _admin_commands(sub: Any) -> None:
+    p = _command(sub, "drain", cmd_drain, "stop new work to an instance; prints it after")
+    p.add_argument("id", help="instance id")
+    p = _command(sub, "restore", cmd_restore, "undo a drain; prints the instance after")
+    p.add_argument("id", help="instance id")
+    p = _command(sub, "weight", cmd_weight, "override an instance's weight; prints it after")
+    p.add_argument("id", help="instance id")
+    p.add_argument("weight", nargs="?", type=_weight, help="0..1000 (0 takes it out of routing)")
+    p.add_argument("--clear", action="store_true", help="go back to the registered weight")
+
+
+def parser() -> argparse.ArgumentParser:
+    result = CtlParser(
+        prog="tidepool ctl",
+        description="Administer a registry. Global flags go before or after the command.",
+    )
+    add_global_flags(result, top=True)
+    sub = result.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _instances_command(sub)
     _alias_commands(sub)
     _tenant_commands(sub)
-    _command(sub, "drain", cmd_drain, "stop new work to an instance").add_argument("id")
-    _command(sub, "restore", cmd_restore, "undo a drain").add_argument("id")
-    p = _command(sub, "weight", cmd_weight, "override an instance's weight")
-    p.add_argument("id")
-    p.add_argument("weight", nargs="?", type=int, help="0..1000")
-    p.add_argument("--clear", action="store_true", help="go back to the registered weight")
+    _admin_commands(sub)
     _scheduling_commands(sub)
     return result
 
@@ -246,7 +243,7 @@ def _write(output: str | Iterable[str]) -> None:
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Entry point of `tidepool ctl`; returns the exit code."""
-    args = parser().parse_args(argv)
+    args = finish(parser().parse_args(argv))
     if hasattr(args, "check"):
         args.check(args)
     try:
@@ -266,7 +263,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
-        code: int = getattr(args, "interrupt_code", INTERRUPTED)
+        watching = getattr(args, "watch", False)
+        code: int = 0 if watching else getattr(args, "interrupt_code", INTERRUPTED)
         if code:
             sys.stderr.write("tidepool ctl: interrupted\n")
         return code

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from registry.sdk.states import state_name
 from tidepool.registry.v1 import registry_pb2 as pb
+
+INSTANCE_HEADERS = (
+    "ID", "STATE", "WEIGHT", "POOL", "LANG", "TIER", "BUSY", "QUEUED", "GPU", "AGE", "SEEN",
+)  # fmt: skip
+WIDE_HEADERS = ("SERVICE", "ADDRESS", "LABELS")
 
 
 def json_text(value: object) -> str:
@@ -68,27 +75,51 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
-def instances_table(instances: Sequence[pb.Instance]) -> str:
-    rows = []
-    for i in instances:
-        labels = i.labels
-        load = i.load
-        rows.append(
-            (
-                i.id,
-                i.address,
-                state_name(i.state),
-                f"{i.effective_weight}/{i.weight}",
-                labels.get("lang", "-"),
-                labels.get("tier", "-"),
-                labels.get("pool", "-"),
-                f"{load.in_flight}/{i.capacity}",
-                load.queued,
-                f"{load.gpu.utilization_percent}%" if load.gpu.present else "no GPU",
-            )
-        )
-    headers = ("ID", "ADDRESS", "STATE", "WEIGHT", "LANG", "TIER", "POOL", "BUSY", "QUEUED", "GPU")
-    return table(headers, rows)
+INSTANCES_LEGEND = (
+    "# WEIGHT effective/registered (0 while drained); BUSY in-flight/capacity; "
+    "AGE since registered; SEEN since last heartbeat"
+)
+
+
+def _since(stamp: Timestamp, now: float) -> str:
+    if stamp.seconds == 0 and stamp.nanos == 0:
+        return "-"
+    return age_text(now - (stamp.seconds + stamp.nanos / 1e9))
+
+
+def _other_labels(labels: Mapping[str, str]) -> str:
+    """Labels without the ones that have their own column."""
+    rest = [f"{k}={v}" for k, v in sorted(labels.items()) if k not in ("lang", "tier", "pool")]
+    return ",".join(rest) or "-"
+
+
+def instance_row(i: pb.Instance, now: float, *, wide: bool = False) -> tuple[object, ...]:
+    load, labels = i.load, i.labels
+    row: tuple[object, ...] = (
+        i.id,
+        state_name(i.state),
+        f"{i.effective_weight}/{i.weight}",
+        labels.get("pool", "-"),
+        labels.get("lang", "-"),
+        labels.get("tier", "-"),
+        f"{load.in_flight}/{i.capacity}",
+        load.queued,
+        f"{load.gpu.utilization_percent}%" if load.gpu.present else "-",
+        _since(i.registered_at, now),
+        _since(i.last_heartbeat_at, now),
+    )
+    if wide:
+        row += (i.service, i.address, _other_labels(labels))
+    return row
+
+
+def instances_table(
+    instances: Sequence[pb.Instance], now: float, *, wide: bool = False, legend: bool = True
+) -> str:
+    """The instances listing: a legend line, then one row per instance."""
+    headers = INSTANCE_HEADERS + (WIDE_HEADERS if wide else ())
+    text = table(headers, [instance_row(i, now, wide=wide) for i in instances])
+    return f"{INSTANCES_LEGEND}\n{text}" if legend else text
 
 
 def aliases_table(aliases: Sequence[pb.Alias]) -> str:

@@ -142,7 +142,7 @@ def test_bad_move_and_top_flags_exit_2_before_any_call(
         main(["--registry", "127.0.0.1:1", *argv], environ={})
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("tidepool ctl ")
+    assert err.startswith("tidepool ctl: ")
     assert len(err.strip().splitlines()) == 1
 
 
