@@ -194,8 +194,11 @@ def _read(path: str, flag: str) -> bytes:
         raise ConfigError(f"{flag}: cannot read {path!r}: {exc.strerror}") from None
 
 
-def agent_config(config: EngineStubConfig, stub: EngineStub) -> AgentConfig:
-    """How the stub registers: its flags, the bound address and the model's labels."""
+def agent_config(
+    config: EngineStubConfig, stub: EngineStub, metrics_port: int | None = None
+) -> AgentConfig:
+    """How the stub registers: its flags, the bound address, the model's labels and the
+    metrics port (published by the registry's Consul API for Prometheus)."""
     ca = _read(config.registry_ca, "--registry-ca") if config.registry_ca else None
     return AgentConfig(
         registry=config.registry,
@@ -208,6 +211,7 @@ def agent_config(config: EngineStubConfig, stub: EngineStub) -> AgentConfig:
         instance_id=stub.instance_id,
         drain_timeout_s=config.drain_timeout,
         root_certificates=ca,
+        metrics_port=metrics_port,
     )
 
 
@@ -227,15 +231,17 @@ async def run(config: EngineStubConfig, *, out: TextIO | None = None) -> int:
                     f"--http-listen: cannot listen on {config.http_listen}: {exc.strerror}"
                 ) from None
             http = format_host_port(http_host, status.port)
-            return await _serve(stub, signals, http, out or sys.stdout)
+            return await _serve(stub, signals, http, status.port, out or sys.stdout)
         finally:
             await status.stop()
             await stub.health.enter_graceful_shutdown()
             await stub.server.stop(STOP_GRACE_S)
 
 
-async def _serve(stub: EngineStub, signals: ShutdownSignals, http: str, out: TextIO) -> int:
-    agent = EngineAgent(agent_config(stub.config, stub), stub.pool, stub.handler)
+async def _serve(
+    stub: EngineStub, signals: ShutdownSignals, http: str, metrics_port: int, out: TextIO
+) -> int:
+    agent = EngineAgent(agent_config(stub.config, stub, metrics_port), stub.pool, stub.handler)
     if not await unless_signalled(stub.load_model(), signals):
         return 0
     if not await unless_signalled(agent.start(), signals):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -35,6 +36,12 @@ def _ranges(text: str) -> str:
     return text
 
 
+def _datacenter(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", text):
+        raise ValueError(f"must be 1 to 63 characters of A-Z, a-z, 0-9, '_' and '-', got {text!r}")
+    return text
+
+
 def _share(text: str) -> float:
     value = float(text)
     if not 0 < value <= 1:
@@ -48,7 +55,7 @@ OPTIONS: tuple[Option, ...] = (
         "http_listen",
         ENV + "HTTP_LISTEN",
         "127.0.0.1:7701",
-        "HTTP address for /metrics, /healthz, /readyz",
+        "HTTP address for /metrics, /healthz, /readyz and the Consul-compatible /v1/ API",
         _listen,
     ),
     Option(
@@ -173,6 +180,27 @@ OPTIONS: tuple[Option, ...] = (
         "events queued per watcher before it is resynced with a snapshot",
         parse_non_negative_int,
     ),
+    Option(
+        "consul_datacenter",
+        ENV + "CONSUL_DATACENTER",
+        "dc1",
+        "datacenter name the Consul-compatible API reports (a ?dc= naming another is refused)",
+        _datacenter,
+    ),
+    Option(
+        "consul_max_waiters_per_client",
+        ENV + "CONSUL_MAX_WAITERS_PER_CLIENT",
+        64,
+        "Consul blocking queries one client IP may hold open at once (more get 429)",
+        parse_non_negative_int,
+    ),
+    Option(
+        "consul_max_waiters",
+        ENV + "CONSUL_MAX_WAITERS",
+        4096,
+        "Consul blocking queries held open at once in total (more get 429)",
+        parse_non_negative_int,
+    ),
     Option("tls_cert", ENV + "TLS_CERT", None, "PEM certificate chain: serve gRPC over TLS"),
     Option("tls_key", ENV + "TLS_KEY", None, "PEM private key for --tls-cert"),
 )
@@ -201,6 +229,9 @@ class RegistryConfig:
     register_burst: int = 40
     first_message_timeout: float = 5.0
     watch_max_pending: int = 1024
+    consul_datacenter: str = "dc1"
+    consul_max_waiters_per_client: int = 64
+    consul_max_waiters: int = 4096
     tls_cert: str | None = None
     tls_key: str | None = None
 
@@ -220,6 +251,11 @@ class RegistryConfig:
             )
         if self.register_burst < 1 or self.watch_max_pending < 1:
             raise ConfigError("--register-burst and --watch-max-pending must be >= 1")
+        if self.consul_max_waiters_per_client < 1 or self.consul_max_waiters < 1:
+            raise ConfigError(
+                "--consul-max-waiters-per-client and --consul-max-waiters must be >= 1, got "
+                f"{self.consul_max_waiters_per_client} and {self.consul_max_waiters}"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key must be given together")
 

@@ -1,116 +1,19 @@
-"""Label selectors, the routing rules that pick an alias's instances by their labels."""
+"""Label selectors at the registry's edge: the shared grammar (`tidepool.runtime.selector`)
+with its errors turned into `InvalidArgumentError` naming the request field."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from itertools import pairwise
-
 from registry.errors import InvalidArgumentError
-from registry.validation import (
-    LABEL_KEY_RULE,
-    LABEL_VALUE_RULE,
-    MAX_LABELS,
-    is_label_key,
-    is_label_value,
-    quote,
-    validate_label_key,
-)
+from tidepool.runtime.rules import RuleError
+from tidepool.runtime.selector import Selector, Term
+from tidepool.runtime.selector import parse_selector as parse_rule
 
 __all__ = ["Selector", "Term", "parse_selector"]
 
-_TERM_RULE = "must be key=value or key=a|b"
-
-
-@dataclass(frozen=True)
-class Term:
-    """One `key=a|b` clause: the instance's label `key` must be one of `values`."""
-
-    key: str
-    values: frozenset[str]
-
-    def __post_init__(self) -> None:
-        # Code that builds a Term directly gets the same guarantees as parsed text,
-        # so str() of any Term is always parseable again.
-        if not is_label_key(self.key):
-            raise ValueError(f"Term key {quote(self.key)} {LABEL_KEY_RULE}")
-        if not self.values:
-            raise ValueError(f"Term {quote(self.key)} must have at least one value")
-        for value in self.values:
-            if not is_label_value(value):
-                raise ValueError(f"Term value {quote(value)} {LABEL_VALUE_RULE}")
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        """Whether `labels` has this key with one of the allowed values."""
-        value = labels.get(self.key)
-        return value is not None and value in self.values
-
-    def __str__(self) -> str:
-        return f"{self.key}={'|'.join(sorted(self.values))}"
-
-
-@dataclass(frozen=True)
-class Selector:
-    """A conjunction of terms; terms are kept sorted by key so equal rules compare equal."""
-
-    terms: tuple[Term, ...]
-
-    def __post_init__(self) -> None:
-        if not self.terms:
-            # An empty selector would match every instance: never what a routing rule means.
-            raise ValueError("Selector must have at least one term")
-        ordered = tuple(sorted(self.terms, key=lambda term: term.key))
-        for before, after in pairwise(ordered):
-            if before.key == after.key:
-                raise ValueError(f"Selector repeats key {quote(after.key)}")
-        object.__setattr__(self, "terms", ordered)
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        """Whether every term holds for `labels`."""
-        return all(term.matches(labels) for term in self.terms)
-
-    def __str__(self) -> str:
-        return ",".join(str(term) for term in self.terms)
-
 
 def parse_selector(text: str, field: str = "selector") -> Selector:
-    """Parse `k=a|b,k2=v` (whitespace around parts ignored) into a `Selector`."""
-    if not text.strip():
-        raise InvalidArgumentError(field, f"must have at least one term ({_TERM_RULE})")
-    parts = text.split(",")
-    if len(parts) > MAX_LABELS:
-        raise InvalidArgumentError(field, f"must have at most {MAX_LABELS} terms, got {len(parts)}")
-    terms: dict[str, Term] = {}
-    for position, part in enumerate(parts, start=1):
-        term = _parse_term(part.strip(), position, field)
-        if term.key in terms:
-            raise InvalidArgumentError(
-                field, f"key {quote(term.key)} appears in more than one term"
-            )
-        terms[term.key] = term
-    return Selector(tuple(terms.values()))
-
-
-def _parse_term(text: str, position: int, field: str) -> Term:
-    if not text:
-        raise InvalidArgumentError(
-            field, f"term {position} is empty; terms are separated by single commas"
-        )
-    if text.count("=") != 1:
-        raise InvalidArgumentError(field, f"term {quote(text)} {_TERM_RULE}")
-    raw_key, _, raw_values = text.partition("=")
-    key = validate_label_key(raw_key.strip(), field)
-    values: set[str] = set()
-    for raw in raw_values.split("|"):
-        value = raw.strip()
-        if not value:
-            raise InvalidArgumentError(field, f"term {quote(text)} has an empty value")
-        if not is_label_value(value):
-            raise InvalidArgumentError(
-                field, f"value {quote(value)} in term {quote(text)} {LABEL_VALUE_RULE}"
-            )
-        if value in values:
-            # Most likely a typo for another value (zh|zh meant zh|en), so say so.
-            raise InvalidArgumentError(field, f"term {quote(text)} repeats value {quote(value)}")
-        values.add(value)
-    return Term(key, frozenset(values))
+    """Parse `k=a|b,k2=v`; INVALID_ARGUMENT naming `field` and the rule when malformed."""
+    try:
+        return parse_rule(text)
+    except RuleError as exc:
+        raise InvalidArgumentError(field, str(exc)) from None

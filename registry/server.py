@@ -23,9 +23,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from registry.address import AddressPolicy, parse_ranges
-from registry.auth import TokenAuth
+from registry.auth import Role, TokenAuth
 from registry.catalog import Catalog
 from registry.config import OPTIONS, RegistryConfig
+from registry.consul_http import PREFIX as CONSUL_PREFIX
+from registry.consul_http import PROMETHEUS_SD_PATH, ConsulApi
 from registry.core import RegistryCore
 from registry.errors import RegistryError
 from registry.lease import LeaseConfig, LeaseTable
@@ -59,6 +61,8 @@ class RegistryServer:
     health: health.aio.HealthServicer
     grpc_port: int = 0
     ready_flag: dict[str, bool] = field(default_factory=dict)
+    consul: ConsulApi | None = None
+    """The Consul-compatible read API served on the HTTP port."""
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
@@ -110,6 +114,34 @@ def _credentials(config: RegistryConfig) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([pair])
 
 
+_RISK = {
+    Role.ENGINE: "register engines and so take traffic",
+    Role.READ: "read the whole fleet (gRPC watch and listings, the Consul /v1/ API)",
+    Role.ADMIN: "drain, reweigh and relabel engines and rewrite routing",
+}
+_warned_open: set[tuple[Role, ...]] = set()
+
+
+def warn_open_roles(auth: TokenAuth) -> None:
+    """One warning per process for the roles no token guards: the risk, and how to close it."""
+    roles = tuple(auth.open_roles())
+    if not roles or roles in _warned_open:
+        return
+    _warned_open.add(roles)
+    flags = ", ".join(f"--{role.value}-token" for role in roles)
+    env = ", ".join(f"TIDEPOOL_REGISTRY_{role.value.upper()}_TOKEN" for role in roles)
+    risks = "; ".join(_RISK[role] for role in roles)
+    log.warning(
+        "no token is set for %s access, so anyone who can reach the registry's ports can: %s. "
+        "Set %s (or %s, or the same keys in --config) to require tokens; "
+        "keep the default loopback listen addresses otherwise.",
+        "/".join(role.value for role in roles),
+        risks,
+        flags,
+        env,
+    )
+
+
 def build_server(config: RegistryConfig, store: Store | None = None) -> RegistryServer:
     """Wire catalog, leases, store, watch hub and servicers (nothing is started yet)."""
     metrics_registry = CollectorRegistry()
@@ -143,10 +175,7 @@ def build_server(config: RegistryConfig, store: Store | None = None) -> Registry
     )
     metrics.track_instances(catalog.views)
     auth = TokenAuth(config.engine_token, config.read_token, config.admin_token)
-    for role in auth.open_roles():
-        log.warning(
-            "no token grants %s access: anyone who can reach the registry has it", role.value
-        )
+    warn_open_roles(auth)
     server = grpc.aio.server(
         options=[*channel_options(config.max_message_bytes), ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=None,
@@ -170,6 +199,15 @@ def build_server(config: RegistryConfig, store: Store | None = None) -> Registry
         port = server.add_insecure_port(config.listen)
     else:
         port = server.add_secure_port(config.listen, credentials)
+    consul_api = ConsulApi(
+        catalog,
+        auth,
+        datacenter=config.consul_datacenter,
+        max_waiters_per_client=config.consul_max_waiters_per_client,
+        max_waiters=config.consul_max_waiters,
+        clock=clock,
+    )
+    hub.listeners.append(consul_api.observe)
     host, http_port = parse_host_port(config.http_listen)
     state = {"ready": False}
     status = StatusServer(
@@ -177,8 +215,11 @@ def build_server(config: RegistryConfig, store: Store | None = None) -> Registry
         http_port,
         metrics_registry,
         lambda: (True, "ready") if state["ready"] else (False, "starting"),
+        prefix_routes={CONSUL_PREFIX: consul_api.handle, PROMETHEUS_SD_PATH: consul_api.handle},
     )
-    return RegistryServer(config, core, server, status, health_servicer, port, ready_flag=state)
+    return RegistryServer(
+        config, core, server, status, health_servicer, port, ready_flag=state, consul=consul_api
+    )
 
 
 async def run(config: RegistryConfig) -> int:

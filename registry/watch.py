@@ -68,6 +68,8 @@ class WatchHub:
     on_resync: Callable[[], None] = lambda: None
     on_delivered: Callable[[float], None] = lambda _created_at: None
     watchers: set[Watcher] = field(default_factory=set)
+    listeners: list[Callable[[list[Change]], None]] = field(default_factory=list)
+    """Called with every non-empty batch of changes (the Consul API's blocking queries)."""
 
     def subscribe(self, target: WatchTarget) -> Watcher:
         if target.alias:
@@ -84,7 +86,11 @@ class WatchHub:
 
     def publish(self, changes: list[Change]) -> None:
         """Queue changes for every watcher; the wire form of an instance is built once."""
-        if not changes or not self.watchers:
+        if not changes:
+            return
+        for listener in self.listeners:
+            listener(changes)
+        if not self.watchers:
             return
         batch = [
             _Pending(c, instance_to_pb(c.view) if c.view is not None else None) for c in changes

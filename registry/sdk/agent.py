@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 INSTANCE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_WEIGHT = 1000
+METRICS_PORT_LABEL = "metrics_port"
+"""The label that carries `AgentConfig.metrics_port`; the registry's Consul API reads it."""
 DEFAULT_HEARTBEAT_INTERVAL_S = 5.0
 """Used when a registry answers without an interval (it always should)."""
 IDLE_POLL_S = 0.05
@@ -127,6 +129,9 @@ class AgentConfig:
     rpc_timeout_s: float = 5.0
     root_certificates: bytes | None = None
     """PEM roots for TLS to the registry; None: plaintext."""
+    metrics_port: int | None = None
+    """The engine's Prometheus /metrics port, registered as the `metrics_port` label so the
+    registry's Consul API publishes it as service `tidepool-engine-metrics` (same host)."""
 
     def __post_init__(self) -> None:
         _need(_is_host_port(self.registry), "registry", "must be host:port", self.registry)
@@ -144,6 +149,8 @@ class AgentConfig:
         max_ok = self.reconnect_max_s >= self.reconnect_min_s
         _need(max_ok, "reconnect_max_s", "must be >= reconnect_min_s", self.reconnect_max_s)
         _need(self.rpc_timeout_s > 0, "rpc_timeout_s", "must be above 0", self.rpc_timeout_s)
+        port_ok = self.metrics_port is None or 0 < self.metrics_port < 65536
+        _need(port_ok, "metrics_port", "must be 1..65535", self.metrics_port)
         object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
 
 
@@ -193,6 +200,8 @@ class EngineAgent:
         self._rng = rng
         self._instance_id = config.instance_id or new_instance_id()
         self._labels: dict[str, str] = dict(config.labels)
+        if config.metrics_port is not None:
+            self._labels[METRICS_PORT_LABEL] = str(config.metrics_port)
         self._metadata = auth_metadata(config.token)
         self._status = EngineStatus.SERVING
         self._gpu = GpuSample.absent("not sampled yet")

@@ -120,7 +120,15 @@ async def test_stub_registers_then_prints_ready_and_serves_deterministic_scores(
     instance = listed["zh-1"]
     assert instance.address == stub.grpc
     assert (instance.weight, instance.capacity) == (60, 4)
-    assert dict(instance.labels) == {"lang": "zh", "tier": "cvm", "pool": "zh-acme", "region": "sh"}
+    # The stub also publishes its /metrics port, for discovery (Consul catalog, Prometheus).
+    metrics_port = stub.http.rsplit(":", 1)[1]
+    assert dict(instance.labels) == {
+        "lang": "zh",
+        "tier": "cvm",
+        "pool": "zh-acme",
+        "region": "sh",
+        "metrics_port": metrics_port,
+    }
 
     evaluator = epb_grpc.EvaluatorStub(channel_to(channels, stub.grpc))
     response = await evaluator.Evaluate(evaluate_request(), timeout=5)
