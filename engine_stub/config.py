@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
 
 from registry.sdk.options import (
     CommandParser,
@@ -23,14 +23,10 @@ from registry.sdk.options import (
     parse_host_port,
     resolve,
 )
+from tidepool.runtime.rules import LANGS, TIERS, WEIGHT_MAX, Lang, Tier
 
-Lang = Literal["zh", "en"]
-Tier = Literal["idc", "cvm", "serverless"]
-LANGS: tuple[Lang, ...] = ("zh", "en")
-TIERS: tuple[Tier, ...] = ("idc", "cvm", "serverless")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 RESERVED_LABELS = {"lang": "--lang", "tier": "--tier", "pool": "--pool"}
-MAX_WEIGHT = 1000
 ENV_PREFIX = "TIDEPOOL_ENGINE_"
 
 
@@ -108,7 +104,7 @@ class EngineStubConfig:
         _need(bool(self.service), "service", "must not be empty", self.service)
         _need(self.lang in LANGS, "lang", "must be zh or en", self.lang)
         _need(self.tier in TIERS, "tier", "must be idc, cvm or serverless", self.tier)
-        _need(0 <= self.weight <= MAX_WEIGHT, "weight", "must be 0..1000", self.weight)
+        _need(0 <= self.weight <= WEIGHT_MAX, "weight", "must be 0..1000", self.weight)
         _need(self.slots >= 1, "slots", "must be 1 or more", self.slots)
         _need(self.speed > 0, "speed", "must be above 0", self.speed)
         _need(

@@ -7,10 +7,10 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from engine_stub.load_model import LANGS
 from engine_stub.metrics import EngineMetrics
 from engine_stub.model import LoadedModel
 from engine_stub.slots import SlotPool
+from tidepool.runtime.rules import LANGS
 
 log = logging.getLogger(__name__)
 

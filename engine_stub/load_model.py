@@ -11,8 +11,8 @@ import hashlib
 from dataclasses import dataclass
 
 from engine_stub.errors import InvalidInputError, WrongModelError
+from tidepool.runtime.rules import LANGS
 
-LANGS = ("zh", "en")
 DEFAULT_SAMPLE_RATE_HZ = 16_000
 MIN_SAMPLE_RATE_HZ = 8_000
 MAX_SAMPLE_RATE_HZ = 48_000

@@ -10,8 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-MAX_WEIGHT = 1000
-"""The registry's weight range is 0..1000 (DESIGN.md §6); 0 means drained."""
+from tidepool.runtime.rules import WEIGHT_MAX
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +44,9 @@ class Endpoint:
             raise ValueError(
                 f"router endpoint {self.id}: weight must be an int, got {self.weight!r}"
             )
-        if not 0 <= self.weight <= MAX_WEIGHT:
+        if not 0 <= self.weight <= WEIGHT_MAX:
             raise ValueError(
-                f"router endpoint {self.id}: weight must be within 0..{MAX_WEIGHT}, "
+                f"router endpoint {self.id}: weight must be within 0..{WEIGHT_MAX}, "
                 f"got {self.weight}"
             )
         if not isinstance(self.labels, MappingProxyType):

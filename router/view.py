@@ -16,8 +16,9 @@ from typing import Any
 from registry.sdk.states import STATES_BY_NAME, state_name
 from router.endpoint import Endpoint
 from router.outlier import Departure
-from router.selector import LabelSelector
 from tidepool.registry.v1 import registry_pb2 as pb
+from tidepool.runtime.rules import RuleError
+from tidepool.runtime.selector import Selector, parse_selector
 
 READY = pb.INSTANCE_STATE_READY
 _FAILED = frozenset({pb.INSTANCE_STATE_UNHEALTHY, pb.INSTANCE_STATE_STALLED})
@@ -117,14 +118,23 @@ class AliasRule:
     name: str
     service: str
     selector: str
-    matcher: LabelSelector = field(compare=False)
+    matcher: Selector | None = field(compare=False)
+    """None for a selector that does not parse (never stored by a registry): it selects nothing."""
 
     @classmethod
     def of(cls, name: str, service: str, selector: str) -> AliasRule:
-        return cls(name, service, selector, LabelSelector.parse(selector))
+        try:
+            matcher: Selector | None = parse_selector(selector)
+        except RuleError:
+            matcher = None
+        return cls(name, service, selector, matcher)
 
     def selects(self, instance: InstanceInfo) -> bool:
-        return instance.service == self.service and self.matcher.matches(instance.labels)
+        return (
+            instance.service == self.service
+            and self.matcher is not None
+            and self.matcher.matches(instance.labels)
+        )
 
 
 @dataclass

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from scheduler.policy_checks import (
     PolicyError,
@@ -19,6 +19,9 @@ from scheduler.policy_checks import (
     check_unique,
     toml_error,
 )
+from tidepool.runtime.rules import LANGS as ALL_LANGS
+from tidepool.runtime.rules import TIERS as ALL_TIERS
+from tidepool.runtime.rules import WEIGHT_MAX, Lang, Tier
 
 __all__ = [
     "DEFAULT_POLICY_TEXT",
@@ -34,17 +37,14 @@ __all__ = [
     "parse_policy",
 ]
 
-Lang = Literal["zh", "en"]
-Tier = Literal["idc", "cvm", "serverless"]
-LANGS: Mapping[str, Lang] = MappingProxyType({"zh": "zh", "en": "en"})
-TIERS: Mapping[str, Tier] = MappingProxyType(
-    {"idc": "idc", "cvm": "cvm", "serverless": "serverless"}
+LANGS: Mapping[str, Lang] = MappingProxyType({lang: lang for lang in ALL_LANGS})
+TIERS: Mapping[str, Tier] = MappingProxyType({tier: tier for tier in ALL_TIERS})
+PROVIDER_TIERS: Mapping[str, Tier] = MappingProxyType(
+    {tier: tier for tier in ALL_TIERS if tier != "idc"}
 )
-PROVIDER_TIERS: Mapping[str, Tier] = MappingProxyType({"cvm": "cvm", "serverless": "serverless"})
 PROVIDERS = ("local",)
 MAX_ALIASES = 16
 DEFAULT_WEIGHT = 100
-MAX_WEIGHT = 1000
 T = TypeVar("T")
 
 
@@ -203,9 +203,9 @@ class ProviderPolicy:
             check(price >= 0, ("price_per_hour", tier), f"must be >= 0, got {price}")
         for tier, weight in self.weight.items():
             check(
-                1 <= weight <= MAX_WEIGHT,
+                1 <= weight <= WEIGHT_MAX,
                 ("weight", tier),
-                f"must be between 1 and {MAX_WEIGHT}, got {weight}",
+                f"must be between 1 and {WEIGHT_MAX}, got {weight}",
             )
         check_at_least(self, ("max_engines", "model_load_s"), 0)
         check_at_least(self, ("slots",), 1)

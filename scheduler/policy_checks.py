@@ -12,9 +12,10 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
+from tidepool.runtime import rules
+
 KeyPath = tuple[str | int, ...]
 T = TypeVar("T")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _KEY_PART = r"(?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*')"
@@ -228,8 +229,11 @@ def check(ok: bool, path: str | KeyPath, message: str) -> None:
 
 
 def check_name(value: str, path: str | KeyPath) -> None:
-    ok = NAME_PATTERN.match(value) is not None
-    check(ok, path, f"must match {NAME_PATTERN.pattern}, got {value!r}")
+    """Pool, alias and tenant names follow the registry's rule (they become alias names)."""
+    try:
+        rules.check_name(value)
+    except rules.RuleError as error:
+        raise PolicyError(str(error), path if isinstance(path, tuple) else (path,)) from None
 
 
 def check_unique(values: Sequence[str], key: str) -> None:

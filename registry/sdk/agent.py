@@ -40,11 +40,10 @@ from registry.sdk.errors import (
 from registry.sdk.gpu import GpuSample, GpuSampler, NvmlSampler, sample_gpu
 from registry.sdk.options import parse_host_port
 from tidepool.registry.v1 import registry_pb2, registry_pb2_grpc
+from tidepool.runtime.rules import INSTANCE_ID, INSTANCE_ID_RULE, WEIGHT_MAX
 
 log = logging.getLogger(__name__)
 
-INSTANCE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-MAX_WEIGHT = 1000
 METRICS_PORT_LABEL = "metrics_port"
 """The label that carries `AgentConfig.metrics_port`; the registry's Consul API reads it."""
 DEFAULT_HEARTBEAT_INTERVAL_S = 5.0
@@ -137,11 +136,11 @@ class AgentConfig:
         _need(_is_host_port(self.registry), "registry", "must be host:port", self.registry)
         _need(_is_advertisable(self.address), "address", "must be a literal ip:port", self.address)
         _need(bool(self.service), "service", "must not be empty", self.service)
-        _need(0 <= self.weight <= MAX_WEIGHT, "weight", "must be 0..1000", self.weight)
+        _need(0 <= self.weight <= WEIGHT_MAX, "weight", "must be 0..1000", self.weight)
         _need(self.capacity >= 1, "capacity", "must be 1 or more", self.capacity)
         _need(_labels_ok(self.labels), "labels", "need non-empty keys, str values", self.labels)
-        id_ok = self.instance_id is None or bool(INSTANCE_ID_PATTERN.match(self.instance_id))
-        _need(id_ok, "instance_id", f"must match {INSTANCE_ID_PATTERN.pattern}", self.instance_id)
+        id_ok = self.instance_id is None or bool(INSTANCE_ID.fullmatch(self.instance_id))
+        _need(id_ok, "instance_id", INSTANCE_ID_RULE, self.instance_id)
         _need(
             self.drain_timeout_s >= 0, "drain_timeout_s", "must be 0 or more", self.drain_timeout_s
         )

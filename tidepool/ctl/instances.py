@@ -15,9 +15,9 @@ from registry.sdk.backoff import Backoff
 from registry.sdk.states import STATES_BY_NAME
 from tidepool.ctl.client import CtlError, RegistryClient, RegistryGoneError
 from tidepool.ctl.render import instance_json, instances_table, json_text
-from tidepool.ctl.selector import LabelSelector
 from tidepool.ctl.watch import HEADER, LEGEND, Keep, WatchView
 from tidepool.registry.v1 import registry_pb2 as pb
+from tidepool.runtime.selector import Selector
 
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 5.0
@@ -25,7 +25,7 @@ RECONNECT_MAX_S = 5.0
 
 def keep_filter(args: argparse.Namespace) -> Keep:
     """The `--selector` and `--state` filters as one predicate (all instances without them)."""
-    selector: LabelSelector | None = args.selector
+    selector: Selector | None = args.selector
     states = {STATES_BY_NAME[s] for s in args.state or ()}
 
     def keep(instance: pb.Instance) -> bool:

@@ -21,8 +21,9 @@ from tidepool.ctl.render import (
     tenants_table,
 )
 from tidepool.ctl.scheduling import cmd_move, cmd_moves, cmd_pools, cmd_top
-from tidepool.ctl.selector import LabelSelector, parse_label_selector
 from tidepool.registry.v1 import registry_pb2 as pb
+from tidepool.runtime.rules import RuleError
+from tidepool.runtime.selector import Selector, parse_selector
 
 Command = Callable[[RegistryClient, argparse.Namespace], str | Iterable[str]]
 """A handler returns its text, or yields it in pieces when it comes over time."""
@@ -163,10 +164,10 @@ def _scheduling_commands(sub: Any) -> None:
     p.set_defaults(interrupt_code=0)
 
 
-def _selector(text: str) -> LabelSelector:
+def _selector(text: str) -> Selector:
     try:
-        return parse_label_selector(text)
-    except ValueError as exc:
+        return parse_selector(text)
+    except RuleError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 

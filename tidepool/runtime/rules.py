@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Literal
 
 WEIGHT_MAX = 1000
 CAPACITY_MAX = 4096
 MAX_LABELS = 32
 LABEL_MAX_LEN = 63
-LANGS = ("zh", "en")
+Lang = Literal["zh", "en"]
+Tier = Literal["idc", "cvm", "serverless"]
+LANGS: tuple[Lang, ...] = ("zh", "en")
 """The languages the engines serve today (each is a model)."""
-TIERS = ("idc", "cvm", "serverless")
+TIERS: tuple[Tier, ...] = ("idc", "cvm", "serverless")
 """Capacity tiers, cheapest to add last: idc is the fixed fleet."""
 
 # Patterns are used with fullmatch: `$` alone would also accept a trailing "\n".

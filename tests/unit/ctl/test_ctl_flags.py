@@ -72,7 +72,7 @@ def test_selector_and_state_filters_parse() -> None:
     ("argv", "words"),
     [
         (["instances", "-o", "yaml"], "invalid choice: 'yaml'"),
-        (["instances", "--selector", "pool"], "bad term 'pool'"),
+        (["instances", "--selector", "pool"], 'term "pool" must be key=value'),
         (["instances", "--state", "asleep"], "invalid choice: 'asleep'"),
         (["weight", "e-1", "1001"], "must be 0..1000"),
         (["weight", "e-1", "-3"], "must be 0..1000"),

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from registry.sdk.agent import INSTANCE_ID_PATTERN, AgentConfig, EngineStatus, new_instance_id
+from registry.sdk.agent import AgentConfig, EngineStatus, new_instance_id
 from registry.sdk.errors import (
     InstanceNotFoundError,
     RegistrationError,
@@ -17,6 +17,7 @@ from registry.sdk.errors import (
     translate,
 )
 from tidepool.registry.v1 import registry_pb2 as pb
+from tidepool.runtime.rules import INSTANCE_ID
 
 
 def config(**changes: Any) -> AgentConfig:
@@ -75,7 +76,7 @@ def test_accepts_ipv6_and_limits() -> None:
 
 @given(st.text(max_size=80))
 def test_generated_ids_are_valid_for_any_host_name(hostname: str) -> None:
-    assert INSTANCE_ID_PATTERN.match(new_instance_id(hostname))
+    assert INSTANCE_ID.fullmatch(new_instance_id(hostname))
 
 
 def test_generated_ids_differ() -> None:
