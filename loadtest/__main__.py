@@ -196,8 +196,13 @@ def _show_progress(progress: Progress) -> None:
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """Run the command; `prog` is the name `--help` and errors show. Returns the exit status."""
+    words = sys.argv[1:] if argv is None else argv
+    if words[:1] == ["day"]:  # the day simulator is its own command
+        from loadtest.day.cli import main as day_main
+
+        return day_main(list(words[1:]), prog=f"{prog} day")
     parser = build_parser(prog)
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(words)
     try:
         config = config_from_args(args, os.environ)
     except LoadConfigError as exc:
