@@ -22,6 +22,8 @@ class State(enum.Enum):
     """Where an instance stands for routing, most severe first."""
 
     UNHEALTHY = "unhealthy"
+    UNKNOWN = "unknown"
+    """Restored from the store at start-up, not heard from since."""
     STALLED = "stalled"
     SWITCHING = "switching"
     DRAINING = "draining"
@@ -195,6 +197,8 @@ class Catalog:
         lease = self.leases.leases.get(record.id)
         if lease is None or not lease.healthy:
             return State.UNHEALTHY
+        if lease.restored:
+            return State.UNKNOWN
         if lease.stalled:
             return State.STALLED
         if report.status is EngineStatus.SWITCHING:

@@ -21,6 +21,7 @@ from tidepool.runtime.rules import RuleError
 from tidepool.runtime.selector import Selector, parse_selector
 
 READY = pb.INSTANCE_STATE_READY
+UNKNOWN = pb.INSTANCE_STATE_UNKNOWN
 _FAILED = frozenset({pb.INSTANCE_STATE_UNHEALTHY, pb.INSTANCE_STATE_STALLED})
 _LEAVING = frozenset({pb.INSTANCE_STATE_DRAINING, pb.INSTANCE_STATE_SWITCHING})
 
@@ -42,6 +43,10 @@ class InstanceInfo:
 
     @classmethod
     def from_pb(cls, instance: pb.Instance, known: InstanceInfo | None = None) -> InstanceInfo:
+        if instance.state == UNKNOWN and known is not None:
+            # A restarted registry has not heard from it yet: no news is not bad news,
+            # so keep routing on what this router last knew.
+            return known
         state = instance.state
         leaving = state in _LEAVING or (known is not None and known.leaving and state != READY)
         return cls(

@@ -61,6 +61,12 @@ class PoolState:
         """Slots missing to bring the smoothed load down to the target (negative: spare)."""
         return self.load / self.policy.target_utilization - self.slots
 
+    @property
+    def restoring(self) -> int:
+        """Engines a restarted registry restored but has not heard from yet ("unknown"):
+        most are alive and re-attaching, so they are not a shortfall."""
+        return sum(1 for e in self.engines if e.state == "unknown")
+
     def headroom(self) -> int:
         """How many more engines may join before `max`."""
         return self.policy.max - self.size - self.moving_in - self.joining

@@ -65,7 +65,8 @@ def _shortfall(
     """(engines missing, why, urgent) for one pool."""
     assert policy.provider is not None
     # joining: engines a provider is starting for the pool and those admitted this tick.
-    arriving = state.moving_in + state.joining + sum(1 for m in moves if m.to_pool == state.name)
+    arriving = state.moving_in + state.joining + state.restoring
+    arriving += sum(1 for m in moves if m.to_pool == state.name)
     below_min = state.policy.min - state.ready - arriving
     # A scheduler that just started has not seen the fleet register yet: wait for half
     # a window of observations before calling an empty pool short.

@@ -8,12 +8,13 @@ from typing import Any
 from tidepool.registry.v1 import registry_pb2 as pb
 
 STATE_NAMES: dict[int, str] = {
-    pb.INSTANCE_STATE_UNSPECIFIED: "unknown",
+    pb.INSTANCE_STATE_UNSPECIFIED: "unspecified",
     pb.INSTANCE_STATE_READY: "ready",
     pb.INSTANCE_STATE_DRAINING: "draining",
     pb.INSTANCE_STATE_SWITCHING: "switching",
     pb.INSTANCE_STATE_STALLED: "stalled",
     pb.INSTANCE_STATE_UNHEALTHY: "unhealthy",
+    pb.INSTANCE_STATE_UNKNOWN: "unknown",
 }
 STATES_BY_NAME: dict[str, int] = {name: state for state, name in STATE_NAMES.items()}
 

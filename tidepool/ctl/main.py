@@ -199,7 +199,7 @@ def _instances_command(sub: Any) -> None:
     p.add_argument(
         "--state",
         action="append",
-        choices=[name for name in STATES_BY_NAME if name != "unknown"],
+        choices=[name for name in STATES_BY_NAME if name != "unspecified"],
         help="only instances in this state (repeat for several)",
     )
     p.add_argument(

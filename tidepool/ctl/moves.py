@@ -8,24 +8,14 @@ engine that is not ready or already moving).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from registry.sdk.states import state_name
+from registry.sdk.states import MOVE_STATE_NAMES, state_name
 from tidepool.ctl.render import age_text, clip, table
 from tidepool.registry.v1 import registry_pb2 as pb
 
 POOL_LABEL = "pool"
-MOVE_STATE_NAMES: Mapping[int, str] = {
-    pb.Move.STATE_UNSPECIFIED: "unknown",
-    pb.Move.STATE_PENDING: "pending",
-    pb.Move.STATE_DRAINING: "draining",
-    pb.Move.STATE_SWITCHING: "switching",
-    pb.Move.STATE_ADMITTING: "admitting",
-    pb.Move.STATE_DONE: "done",
-    pb.Move.STATE_ROLLING_BACK: "rolling_back",
-    pb.Move.STATE_ROLLED_BACK: "rolled_back",
-}
 FINAL_STATES = frozenset({"done", "rolled_back"})
 TABLE_WIDTH = 100
 MIN_REASON_WIDTH = 16

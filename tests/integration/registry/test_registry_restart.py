@@ -21,6 +21,7 @@ pytestmark = pytest.mark.timeout(45)
 
 READY_LINE = "tidepool registry ready"
 READY = pb.INSTANCE_STATE_READY
+UNKNOWN = pb.INSTANCE_STATE_UNKNOWN
 UNHEALTHY = pb.INSTANCE_STATE_UNHEALTHY
 GRACE_S = 2.0
 LIVENESS = (
@@ -143,10 +144,18 @@ async def test_aliases_routes_and_overrides_survive_a_restart(
         assert after == before
         instances = after[0]
         assert instances[0][4] == {"lang": "zh", "pool": "zh-acme"}  # the override, not "tier"
-        # Inside the restart grace the restored state routes as before.
+        # Restored but not heard from: nothing is resolved until an engine re-attaches.
         resolved = await c.registry.Resolve(pb.ResolveRequest(tenant="acme", lang="zh"))
-        assert resolved.alias == "zh-acme"
-        assert [(i.id, i.effective_weight) for i in resolved.instances] == [("e-1", 250)]
+        assert list(resolved.instances) == []
+        # Re-attached, the overrides apply as before the restart.
+        engine = RawEngine(c, "e-1")
+        await engine.attach()
+        try:
+            resolved = await c.registry.Resolve(pb.ResolveRequest(tenant="acme", lang="zh"))
+            assert resolved.alias == "zh-acme"
+            assert [(i.id, i.effective_weight) for i in resolved.instances] == [("e-1", 250)]
+        finally:
+            engine.break_stream()
 
 
 async def _beat_forever(engine: RawEngine) -> None:
@@ -168,7 +177,8 @@ async def test_known_instances_get_a_grace_period_to_reattach_after_a_crash(
     restarted_at = time.monotonic()
     async with _clients(second) as c:
         listed = await c.registry.ListInstances(pb.ListInstancesRequest())
-        assert {i.id: i.state for i in listed.instances} == {"back": READY, "gone": READY}
+        # Restored from the store, neither heard from yet: "unknown", not "ready".
+        assert {i.id: i.state for i in listed.instances} == {"back": UNKNOWN, "gone": UNKNOWN}
 
         # "back" re-attaches as a restarted engine agent would: same id, then heartbeats.
         await c.registry.Register(registration(9001, instance_id="back"))
@@ -178,7 +188,7 @@ async def test_known_instances_get_a_grace_period_to_reattach_after_a_crash(
         try:
             # Twice the TTL has passed without a word from "gone": only the grace holds it.
             await asyncio.sleep(max(0.0, restarted_at + 1.0 - time.monotonic()))
-            assert await state_of(c, "gone") == READY
+            assert await state_of(c, "gone") == UNKNOWN
 
             async def gone_lapsed() -> bool:
                 return await state_of(c, "gone") == UNHEALTHY

@@ -268,14 +268,33 @@ def test_load_restores_state_and_gives_known_instances_grace() -> None:
         tenants=(TenantRecord("acme", "zh", ("zh-public",)),),
     )
     catalog.load(snapshot, now=100.0, grace_s=10.0)
-    assert catalog.view("e-1").state is State.READY
-    assert [v.id for v in catalog.resolve_alias("zh-public")] == ["e-1"]
-    assert catalog.resolve_tenant("acme", "zh")[0] == "zh-public"
-    # Well past the TTL but inside the grace: still healthy.
+    # Restored, not heard from: neither dead nor ready, and never resolved.
+    assert catalog.view("e-1").state is State.UNKNOWN
+    assert catalog.view("e-1").effective_weight == 0
+    assert catalog.resolve_alias("zh-public") == []
+    assert catalog.resolve_tenant("acme", "zh") == ("zh-public", [])
+    # Well past the TTL but inside the grace: not expired.
     assert catalog.leases.sweep(100.0 + TTL + 1.0).changed == ()
-    assert catalog.view("e-1").state is State.READY
+    assert catalog.view("e-1").state is State.UNKNOWN
     assert catalog.leases.sweep(110.0).changed == ("e-1",)
     # The loaded view counts as already published: only the lapse is news.
     (change,) = catalog.refresh(["e-1"], 110.0)
     assert change.view is not None
     assert change.view.state is State.UNHEALTHY
+
+
+def test_a_restored_instance_is_ready_once_it_re_attaches() -> None:
+    catalog = _catalog()
+    catalog.load(
+        StoreSnapshot(
+            instances=(_record("e-1"),),
+            aliases=(AliasRecord("zh-public", "lang=zh", "speech"),),
+        ),
+        now=100.0,
+        grace_s=10.0,
+    )
+    catalog.leases.attach("e-1", 101.0)
+    (change,) = catalog.refresh(["e-1"], 101.0)
+    assert change.view is not None
+    assert change.view.state is State.READY
+    assert [v.id for v in catalog.resolve_alias("zh-public")] == ["e-1"]

@@ -341,3 +341,21 @@ def test_selector_matches_iff_every_term_holds(labels: dict[str, str]) -> None:
     expected = labels.get("k") in {"a", "b"} and labels.get("k2") == "v"
     assert parse_selector("k=a|b,k2=v").matches(labels) is expected
     assert parse_selector("k = a | b , k2 = v").matches(labels) is expected
+
+
+def test_a_router_that_knew_an_instance_keeps_it_while_a_restarted_registry_says_unknown() -> None:
+    view = RegistryView()
+    view.apply(_snapshot(_instance("a"), revision=5))
+    # The registry restarted: its snapshot restores `a` as unknown until it re-attaches.
+    view.apply(_snapshot(_instance("a", state=pb.INSTANCE_STATE_UNKNOWN), revision=1))
+    kept = view.instances["a"]
+    assert kept.state == READY
+    assert kept.endpoint(joined_at=0.0).weight == 100
+
+
+def test_a_router_that_never_knew_an_unknown_instance_does_not_route_to_it() -> None:
+    view = RegistryView()
+    view.apply(_snapshot(_instance("a", state=pb.INSTANCE_STATE_UNKNOWN)))
+    endpoint = view.instances["a"].endpoint(joined_at=0.0)
+    assert (endpoint.weight, endpoint.healthy) == (0, False)
+    assert not view.instances["a"].failed, "unknown is not a failure: no last-resort routing"

@@ -19,6 +19,7 @@ class InstanceState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INSTANCE_STATE_SWITCHING: _ClassVar[InstanceState]
     INSTANCE_STATE_STALLED: _ClassVar[InstanceState]
     INSTANCE_STATE_UNHEALTHY: _ClassVar[InstanceState]
+    INSTANCE_STATE_UNKNOWN: _ClassVar[InstanceState]
 
 class EngineStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -32,6 +33,7 @@ INSTANCE_STATE_DRAINING: InstanceState
 INSTANCE_STATE_SWITCHING: InstanceState
 INSTANCE_STATE_STALLED: InstanceState
 INSTANCE_STATE_UNHEALTHY: InstanceState
+INSTANCE_STATE_UNKNOWN: InstanceState
 ENGINE_STATUS_UNSPECIFIED: EngineStatus
 ENGINE_STATUS_SERVING: EngineStatus
 ENGINE_STATUS_DRAINING: EngineStatus
