@@ -413,11 +413,12 @@ class Generator:
             labels={"lang": lang, "tier": tier},
         )
         async with self.register_slots:
-            await stub.Register(request, timeout=60.0)
+            registered = await stub.Register(request, timeout=60.0)
             call = stub.Heartbeat()
-            await call.write(
-                pb.HeartbeatRequest(instance_id=engine_id(index), load=pb.Load(slots=4))
+            first = pb.HeartbeatRequest(
+                instance_id=engine_id(index), load=pb.Load(slots=4), secret=registered.secret
             )
+            await call.write(first)
             ack = await asyncio.wait_for(call.read(), 30.0)
         if ack is grpc.aio.EOF:
             raise RuntimeError("heartbeat stream closed before its acknowledgement")

@@ -128,7 +128,7 @@ async def watch_forever(index: int, address: str, probe: FanoutProbe, stats: Wat
                 async for event in stub.Watch(pb.WatchRequest(service=SERVICE)):
                     now = time.monotonic()
                     stats.events += 1
-                    if event.kind == pb.WatchEvent.KIND_SNAPSHOT:
+                    if event.kind == pb.WatchEvent.KIND_SNAPSHOT and not event.snapshot_more:
                         stats.snapshots += 1
                     if event.kind in (pb.WatchEvent.KIND_SNAPSHOT, pb.WatchEvent.KIND_UPSERT):
                         for instance in event.instances:

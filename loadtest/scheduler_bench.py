@@ -217,11 +217,14 @@ async def _steady(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
         for i, alias in enumerate(("zh-public", "en-public"))
     ]
     results = await asyncio.gather(*loads)
+    moves = await stack.moves()
     return {
         "seconds": args.steady_s,
         "rate_per_pool": rate,
-        "moves": len(await stack.moves()),
+        "moves": len(moves),
+        "move_reasons": [m.reason for m in moves],
         "client_errors": sum(sum(not_ok(r).values()) for r in results),
+        "load": [load_figures(r) for r in results],
     }
 
 
@@ -308,6 +311,7 @@ def report(result: dict[str, Any]) -> str:
             f"steady ({steady['seconds']:g} s at {steady['rate_per_pool']:g} calls/s a pool): "
             f"{steady['moves']} moves, {steady['client_errors']} client errors"
         )
+        lines.extend(f"  move: {reason}" for reason in steady["move_reasons"])
     failovers = result["failover_s"]
     if failovers:
         lines.append(f"failover (kill -9 of the leader): {_summary(failovers)}; all {failovers}")

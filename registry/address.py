@@ -18,6 +18,7 @@ from registry.validation import quote
 
 __all__ = [
     "AddressPolicy",
+    "canonical_address",
     "check_claim",
     "format_address",
     "parse_address",
@@ -71,8 +72,19 @@ def parse_address(text: str, field: str = "address") -> tuple[IPAddress, int]:
 def format_address(ip: IPAddress, port: int) -> str:
     """Write an address and port in the one form `parse_address` accepts."""
     if isinstance(ip, IPv6Address):
+        # RFC 5952: lower case, leading zeros dropped, the longest zero run as `::`.
         return f"[{ip.compressed}]:{port}"
     return f"{ip}:{port}"
+
+
+def canonical_address(text: str, field: str = "address") -> str:
+    """The one spelling of a registered address: what the registry stores and compares.
+
+    `[::1]:80`, `[0:0:0:0:0:0:0:1]:80` and `[::0001]:80` are one endpoint, so they must
+    be one instance (and one conflict check), as RFC 5952 asks of every IPv6 text form.
+    Raises `InvalidArgumentError` naming `field` when `text` is not a valid address.
+    """
+    return format_address(*parse_address(text, field))
 
 
 def _parse_port(text: str, field: str) -> int:

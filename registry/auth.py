@@ -63,6 +63,10 @@ def _same(presented: str, token: str) -> bool:
 
 def _bearer(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
     for key, value in metadata or ():
-        if key == AUTHORIZATION and isinstance(value, str) and value.startswith(BEARER):
-            return value[len(BEARER) :]
+        if key != AUTHORIZATION or not isinstance(value, str):
+            continue
+        # RFC 7235: the scheme is case-insensitive ("bearer", "BEARER"), then 1*SP.
+        scheme, space, credential = value.partition(" ")
+        if space and scheme.lower() == BEARER.strip().lower():
+            return credential.lstrip(" ")
     return None

@@ -24,6 +24,8 @@ class State(enum.Enum):
     UNHEALTHY = "unhealthy"
     UNKNOWN = "unknown"
     """Restored from the store at start-up, not heard from since."""
+    FLAPPING = "flapping"
+    """Held out after going unhealthy and back too often (flap damping)."""
     STALLED = "stalled"
     SWITCHING = "switching"
     DRAINING = "draining"
@@ -199,6 +201,8 @@ class Catalog:
             return State.UNHEALTHY
         if lease.restored:
             return State.UNKNOWN
+        if lease.held_until is not None:
+            return State.FLAPPING
         if lease.stalled:
             return State.STALLED
         if report.status is EngineStatus.SWITCHING:

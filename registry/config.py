@@ -14,6 +14,7 @@ from registry.errors import InvalidArgumentError
 from registry.sdk.options import (
     ConfigError,
     Option,
+    parse_bool,
     parse_host_port,
     parse_non_negative_int,
     parse_positive_float,
@@ -63,6 +64,14 @@ OPTIONS: tuple[Option, ...] = (
         ENV + "DATA_DIR",
         ".tidepool/registry",
         "directory of the embedded store (aliases, tenants, instances, overrides)",
+    ),
+    Option(
+        "allow_empty_store",
+        ENV + "ALLOW_EMPTY_STORE",
+        False,
+        "start on an empty store even though --data-dir held one before (its registry.id"
+        " marker remains but the database is missing or 0 bytes); true or false",
+        parse_bool,
     ),
     Option(
         "engine_token",
@@ -119,6 +128,39 @@ OPTIONS: tuple[Option, ...] = (
         ENV + "FORGET_AFTER",
         300.0,
         "seconds an unhealthy instance keeps its identity and labels before it is forgotten",
+        parse_positive_float,
+        "S",
+    ),
+    Option(
+        "flap_threshold",
+        ENV + "FLAP_THRESHOLD",
+        3,
+        "an instance unhealthy and back more often than this within --flap-window is held "
+        "out (flapping)",
+        parse_non_negative_int,
+        "N",
+    ),
+    Option(
+        "flap_window",
+        ENV + "FLAP_WINDOW",
+        60.0,
+        "seconds over which unhealthy-and-back cycles are counted",
+        parse_positive_float,
+        "S",
+    ),
+    Option(
+        "flap_hold",
+        ENV + "FLAP_HOLD",
+        10.0,
+        "seconds a flapping instance is held out; doubles with each hold in a row",
+        parse_positive_float,
+        "S",
+    ),
+    Option(
+        "flap_hold_max",
+        ENV + "FLAP_HOLD_MAX",
+        300.0,
+        "cap on a flapping instance's hold, in seconds",
         parse_positive_float,
         "S",
     ),
@@ -213,6 +255,8 @@ class RegistryConfig:
     listen: str = "127.0.0.1:7700"
     http_listen: str = "127.0.0.1:7701"
     data_dir: str = ".tidepool/registry"
+    allow_empty_store: bool = False
+    """Start empty where the data dir's marker says a store existed (the operator's call)."""
     engine_token: str | None = None
     admin_token: str | None = None
     read_token: str | None = None
@@ -221,6 +265,10 @@ class RegistryConfig:
     stall_after: float = 10.0
     restart_grace: float = 10.0
     forget_after: float = 300.0
+    flap_threshold: int = 3
+    flap_window: float = 60.0
+    flap_hold: float = 10.0
+    flap_hold_max: float = 300.0
     self_preservation_threshold: float = 0.5
     self_preservation_min_instances: int = 3
     allow_address_ranges: str = ""
@@ -244,6 +292,11 @@ class RegistryConfig:
         if self.restart_grace < self.ttl:
             raise ConfigError(
                 f"--restart-grace must be at least --ttl ({self.ttl}s), got {self.restart_grace}s"
+            )
+        if self.flap_hold_max < self.flap_hold:
+            raise ConfigError(
+                f"--flap-hold-max must be at least --flap-hold ({self.flap_hold}s), "
+                f"got {self.flap_hold_max}s"
             )
         if self.max_message_bytes < 4096:
             raise ConfigError(

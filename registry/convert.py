@@ -10,6 +10,7 @@ from registry.catalog import EngineStatus, InstanceView, LoadFigures, State
 from registry.leadership import LeaderLease
 from registry.moves import MoveRequest
 from registry.records import MOVE_STATES, AliasRecord, MoveRecord, TenantRecord
+from registry.validation import CAPACITY_MAX
 from tidepool.registry.v1 import registry_pb2 as pb
 
 STATE_TO_PB = {
@@ -19,6 +20,7 @@ STATE_TO_PB = {
     State.STALLED: pb.INSTANCE_STATE_STALLED,
     State.UNHEALTHY: pb.INSTANCE_STATE_UNHEALTHY,
     State.UNKNOWN: pb.INSTANCE_STATE_UNKNOWN,
+    State.FLAPPING: pb.INSTANCE_STATE_FLAPPING,
 }
 
 ENGINE_STATUS_FROM_PB = {
@@ -35,12 +37,26 @@ def _timestamp(wall: float) -> Timestamp:
     return stamp
 
 
+LOAD_PER_SLOT_MAX = 64
+"""In-flight and queued figures above this many per slot are clamped to it."""
+
+
 def load_from_pb(load: pb.Load) -> LoadFigures:
+    """The reported load, with figures no engine can mean clamped to sane bounds.
+
+    Clamped, not refused: the heartbeat that carries the load is also the engine's
+    liveness, so refusing it over an advisory figure would turn a counter bug into an
+    outage. Slots are at most CAPACITY_MAX; in-flight and queued at most
+    LOAD_PER_SLOT_MAX times the slots (one slot when none is reported), so one engine's
+    uint32 garbage cannot dominate pool totals, scheduler decisions or `ctl top`.
+    """
     gpu = load.gpu
+    slots = min(load.slots, CAPACITY_MAX)
+    bound = LOAD_PER_SLOT_MAX * max(slots, 1)
     return LoadFigures(
-        in_flight=load.in_flight,
-        queued=load.queued,
-        slots=load.slots,
+        in_flight=min(load.in_flight, bound),
+        queued=min(load.queued, bound),
+        slots=slots,
         progress=load.progress,
         gpu_present=gpu.present,
         gpu_name=gpu.name[:128],

@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address
 
-from registry.address import AddressPolicy, check_claim, parse_address
+from registry import ownership
+from registry.address import AddressPolicy, canonical_address, check_claim, parse_address
 from registry.catalog import Catalog, EngineReport, EngineStatus, InstanceView, LoadFigures
 from registry.errors import FailedPreconditionError, NotFoundError, RateLimitedError
 from registry.fencing import PRESENTED_FENCE
@@ -22,7 +23,7 @@ from registry.lease import LeaseTable
 from registry.metrics import RegistryMetrics
 from registry.moves import MoveBook
 from registry.ratelimit import KeyedRateLimiter
-from registry.records import InstanceRecord, frozen_labels
+from registry.records import InstanceRecord, RetiredOverrides, frozen_labels
 from registry.store import Store
 from registry.validation import (
     validate_capacity,
@@ -47,6 +48,16 @@ class Registration:
     weight: int
     capacity: int
     labels: Mapping[str, str]
+    secret: str = ""
+    """The secret an earlier registration of this id returned ("" for none)."""
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A stored registration and the secret that proves its ownership."""
+
+    view: InstanceView
+    secret: str
 
 
 @dataclass(eq=False)
@@ -76,6 +87,9 @@ class RegistryCore:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     leadership: LeadershipTable = field(default_factory=LeadershipTable)
     moves: MoveBook = field(default_factory=MoveBook)
+    retired: dict[str, RetiredOverrides] = field(default_factory=dict)
+    """Decisions on ids that deregistered gracefully, by id (wall-clock `retired_at`)."""
+    forget_after_s: float = 300.0
 
     @property
     def leases(self) -> LeaseTable:
@@ -86,6 +100,7 @@ class RegistryCore:
         snapshot = await self.store.load()
         self.catalog.load(snapshot, self.clock(), restart_grace_s)
         self.moves.load(snapshot.moves)
+        self.retired = {r.id: r for r in snapshot.retired}
         self.leadership.fence = snapshot.fence
 
     def check_fence(self) -> None:
@@ -105,22 +120,25 @@ class RegistryCore:
 
     async def register(
         self, request: Registration, peer: IPv4Address | IPv6Address | None
-    ) -> InstanceView:
+    ) -> Registered:
         """Validate and store a registration; a known id keeps its overrides."""
-        peer_key = str(peer) if peer is not None else "unknown"
-        if not self.register_limiter.allow(peer_key, self.clock()):
-            raise RateLimitedError(f"too many registrations from {peer_key}; retry later")
         service = validate_name(request.service, "service")
         instance_id = (
             validate_instance_id(request.instance_id)
             if request.instance_id
             else f"i-{uuid.uuid4().hex[:16]}"
         )
-        ip, _port = parse_address(request.address)
+        address = canonical_address(request.address)
+        ip, _port = parse_address(address)
         check_claim(ip, peer, self.address_policy)
         weight = validate_weight(request.weight)
         capacity = validate_capacity(request.capacity)
         labels = validate_labels(request.labels)
+        # Charged only for well-formed registrations: junk from a host must not use up
+        # the quota its real engines need.
+        peer_key = str(peer) if peer is not None else "unknown"
+        if not self.register_limiter.allow(peer_key, self.clock()):
+            raise RateLimitedError(f"too many registrations from {peer_key}; retry later")
         async with self.lock:
             existing = self.catalog.records.get(instance_id)
             if existing is not None and existing.service != service:
@@ -128,19 +146,23 @@ class RegistryCore:
                     f"instance_id: {instance_id!r} is registered in service "
                     f"{existing.service!r}, not {service!r}"
                 )
-            replaced = self._displaced_by(request.address, instance_id)
+            secret = self._claim(existing, request.secret, instance_id)
+            replaced = self._displaced_by(address, instance_id)
             if existing is None:
                 record = InstanceRecord(
                     instance_id,
                     service,
-                    request.address,
+                    address,
                     weight,
                     capacity,
                     frozen_labels(labels),
                     self.wall(),
+                    owner_digest=ownership.digest(secret),
                 )
+                record = await self._reapply(record)
             else:
-                record = existing.reregistered(request.address, weight, capacity, labels)
+                record = existing.reregistered(address, weight, capacity, labels)
+                record = replace(record, owner_digest=ownership.digest(secret))
             await self.store.put_instance(record)
             for old in replaced:
                 await self.store.delete_instance(old)
@@ -152,7 +174,22 @@ class RegistryCore:
             )
             self._publish(self.catalog.put(record, self.clock(), self.clock()))
         self.metrics.registrations.inc()
-        return self.catalog.view(instance_id)
+        return Registered(self.catalog.view(instance_id), secret)
+
+    def _claim(self, existing: InstanceRecord | None, presented: str, instance_id: str) -> str:
+        """The secret this registration gets; refuses taking over a live id without it.
+
+        The owner re-registering (its secret presented) keeps its secret; an id whose
+        lease lapsed is free for a restarted engine to claim with a new one.
+        """
+        if existing is not None:
+            lease = self.leases.leases.get(instance_id)
+            live = lease is not None and lease.healthy
+            if ownership.proves(existing.owner_digest, presented) and presented:
+                return presented
+            if live:
+                ownership.require(existing.owner_digest, presented, instance_id, "registering")
+        return ownership.new_secret()
 
     def _displaced_by(self, address: str, instance_id: str) -> list[str]:
         """Dead instances at the same address are replaced; a healthy one is a conflict."""
@@ -168,9 +205,14 @@ class RegistryCore:
             displaced.append(other.id)
         return displaced
 
-    def attach(self, instance_id: str) -> Attachment:
-        """Open a heartbeat stream for a registered instance (superseding an older one)."""
-        self.catalog.get(instance_id)
+    def attach(self, instance_id: str, secret: str) -> Attachment:
+        """Open a heartbeat stream for a registered instance (superseding an older one).
+
+        Only its owner may: a stream opened by anyone else would supersede the real
+        engine's, and its breaking would mark the real engine dead.
+        """
+        record = self.catalog.get(instance_id)
+        ownership.require(record.owner_digest, secret, instance_id, "a heartbeat stream")
         previous = self.attachments.get(instance_id)
         if previous is not None:
             previous.superseded.set()
@@ -204,14 +246,32 @@ class RegistryCore:
             self.metrics.expirations.labels("stream_broken").inc()
             self._touch(attachment.instance_id)
 
-    async def deregister(self, instance_id: str) -> None:
+    async def deregister(self, instance_id: str, secret: str) -> None:
         async with self.lock:
-            self.catalog.get(instance_id)
+            record = self.catalog.get(instance_id)
+            lease = self.leases.leases.get(instance_id)
+            if lease is not None and lease.healthy:
+                # A dead instance may be cleaned up by anyone with the engine token.
+                ownership.require(record.owner_digest, secret, instance_id, "deregistering")
+            keep = RetiredOverrides.of(record, self.wall())
+            if keep is not None:
+                await self.store.put_retired(keep)
+                self.retired[instance_id] = keep
             await self.store.delete_instance(instance_id)
             attachment = self.attachments.pop(instance_id, None)
             if attachment is not None:
                 attachment.superseded.set()
             self._publish(self.catalog.remove(instance_id, self.clock()))
+
+    async def _reapply(self, record: InstanceRecord) -> InstanceRecord:
+        """A new registration of an id that left gracefully gets its old decisions back."""
+        kept = self.retired.pop(record.id, None)
+        if kept is None:
+            return record
+        await self.store.delete_retired(record.id)
+        if self.wall() - kept.retired_at >= self.forget_after_s:
+            return record
+        return kept.apply(record)
 
     def _touch(self, instance_id: str) -> None:
         self._publish(self.catalog.refresh([instance_id], self.clock()))
@@ -235,6 +295,15 @@ class RegistryCore:
                     continue
                 await self.store.delete_instance(instance_id)
                 self._publish(self.catalog.remove(instance_id, self.clock()))
+        await self._forget_retired()
+
+    async def _forget_retired(self) -> None:
+        now = self.wall()
+        expired = [r.id for r in self.retired.values() if now - r.retired_at >= self.forget_after_s]
+        for instance_id in expired:
+            async with self.lock:
+                if self.retired.pop(instance_id, None) is not None:
+                    await self.store.delete_retired(instance_id)
 
     # --- admin ------------------------------------------------------------------------
 

@@ -19,6 +19,12 @@ class LeaseConfig:
     forget_after_s: float = 300.0
     self_preservation_threshold: float = 0.5
     self_preservation_min_instances: int = 3
+    flap_threshold: int = 3
+    """More unhealthy-and-back cycles than this within `flap_window_s` hold it out."""
+    flap_window_s: float = 60.0
+    flap_hold_s: float = 10.0
+    """The first hold; each further one in a row doubles, up to `flap_hold_max_s`."""
+    flap_hold_max_s: float = 300.0
 
 
 @dataclass
@@ -36,9 +42,13 @@ class Lease:
     stalled: bool = False
     # Restored from the store at start-up and not heard from since.
     restored: bool = False
+    # Times it went unhealthy lately, and the flap-damping hold it is under (if any).
+    lapses: deque[float] = field(default_factory=deque)
+    held_until: float | None = None
+    holds: int = 0
 
     def routable_liveness(self) -> bool:
-        return self.healthy and not self.stalled
+        return self.healthy and not self.stalled and self.held_until is None
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,8 @@ class LeaseTable:
             return True
         lease.restored = False
         changed = not lease.healthy or lease.stalled
+        if not lease.healthy:
+            self._damp(lease, now)
         lease.deadline = max(lease.deadline, deadline)
         lease.healthy, lease.unhealthy_since, lease.stalled = True, None, False
         lease.progress_at = now
@@ -84,17 +96,20 @@ class LeaseTable:
     def heartbeat(self, instance_id: str, now: float, in_flight: int, progress: int) -> bool:
         """Renew the deadline and update stall tracking. True when health or stall changed."""
         lease = self.leases[instance_id]
-        before = (lease.healthy, lease.stalled)
+        before = (lease.healthy, lease.stalled, lease.held_until is None)
+        if not lease.healthy:
+            self._damp(lease, now)
         lease.deadline = now + self.config.ttl_s
         lease.last_heartbeat_at = now
         lease.restored = False
         lease.healthy, lease.unhealthy_since = True, None
-        if progress != lease.progress or in_flight == 0:
-            # Idle is not stuck; and any finished work restarts the stall clock.
+        if progress > lease.progress or in_flight == 0:
+            # Idle is not stuck; and finished work restarts the stall clock (a counter
+            # that went backwards is not work done: a re-registration resets it).
             lease.progress_at = now
         lease.progress, lease.in_flight = progress, in_flight
         lease.stalled = self._is_stalled(lease, now)
-        return (lease.healthy, lease.stalled) != before
+        return (lease.healthy, lease.stalled, lease.held_until is None) != before
 
     def detach(self, instance_id: str, now: float, *, broken: bool) -> bool:
         """The heartbeat stream ended. A break is evidence of death: unhealthy at once."""
@@ -116,6 +131,8 @@ class LeaseTable:
         for instance_id, lease in self.leases.items():
             if lease.healthy and lease.stalled != self._is_stalled(lease, now):
                 lease.stalled = not lease.stalled
+                changed.append(instance_id)
+            if self._release(lease, now):
                 changed.append(instance_id)
         lapsed = [i for i, lease in self.leases.items() if lease.healthy and lease.deadline <= now]
         self._forget_old_expiries(now)
@@ -158,6 +175,30 @@ class LeaseTable:
     def _is_stalled(self, lease: Lease, now: float) -> bool:
         return lease.in_flight > 0 and now - lease.progress_at >= self.config.stall_after_s
 
-    @staticmethod
-    def _expire(lease: Lease, now: float) -> None:
+    def _expire(self, lease: Lease, now: float) -> None:
         lease.healthy, lease.unhealthy_since, lease.stalled = False, now, False
+        lease.lapses.append(now)
+        while len(lease.lapses) > self.config.flap_threshold + 1:
+            lease.lapses.popleft()
+
+    def _damp(self, lease: Lease, now: float) -> None:
+        """Coming back: hold it out if it flapped more than the threshold in the window."""
+        window_start = now - self.config.flap_window_s
+        while lease.lapses and lease.lapses[0] < window_start:
+            lease.lapses.popleft()
+        if len(lease.lapses) <= self.config.flap_threshold:
+            return
+        hold_s = min(self.config.flap_hold_max_s, self.config.flap_hold_s * 2**lease.holds)
+        lease.held_until = now + hold_s
+        lease.holds += 1
+        lease.lapses.clear()
+
+    def _release(self, lease: Lease, now: float) -> bool:
+        """End a hold that ran out (True); forget past holds after a quiet window."""
+        if lease.held_until is not None and now >= lease.held_until:
+            lease.held_until = None
+            return True
+        quiet = not lease.lapses or now - lease.lapses[-1] > self.config.flap_window_s
+        if lease.held_until is None and lease.holds and quiet:
+            lease.holds = 0
+        return False

@@ -49,6 +49,11 @@ class RegistryMetrics:
         self.heartbeats = Counter(
             "tidepool_registry_heartbeats_total", "Heartbeats received.", registry=r
         )
+        self.heartbeats_dropped = Counter(
+            "tidepool_registry_heartbeats_dropped_total",
+            "Heartbeats dropped because their stream sent them faster than its budget.",
+            registry=r,
+        )
         self.registrations = Counter(
             "tidepool_registry_registrations_total", "Successful registrations.", registry=r
         )

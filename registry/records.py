@@ -31,6 +31,9 @@ class InstanceRecord:
     label_overrides: Mapping[str, str | None] = field(default_factory=dict)
     weight_override: int | None = None
     admin_drained: bool = False
+    owner_digest: str = ""
+    """SHA-256 of the secret Register gave the engine that owns this id ("" for records
+    written before ownership existed: the next registration claims them)."""
 
     @property
     def labels(self) -> dict[str, str]:
@@ -78,6 +81,41 @@ class TenantRecord:
     aliases: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class RetiredOverrides:
+    """What admins and the scheduler decided for an id that deregistered gracefully:
+    kept until `--forget-after` and applied again if the same id registers (Eureka keeps
+    an overridden status this way; a Kubernetes cordon survives a kubelet restart)."""
+
+    id: str
+    label_overrides: Mapping[str, str | None]
+    weight_override: int | None
+    admin_drained: bool
+    retired_at: float
+
+    @staticmethod
+    def of(record: InstanceRecord, now: float) -> RetiredOverrides | None:
+        """The decisions on `record` worth keeping, or None when there are none."""
+        if not (record.label_overrides or record.weight_override is not None):
+            if not record.admin_drained:
+                return None
+        return RetiredOverrides(
+            record.id,
+            dict(record.label_overrides),
+            record.weight_override,
+            record.admin_drained,
+            now,
+        )
+
+    def apply(self, record: InstanceRecord) -> InstanceRecord:
+        return replace(
+            record,
+            label_overrides=dict(self.label_overrides),
+            weight_override=self.weight_override,
+            admin_drained=self.admin_drained,
+        )
+
+
 MOVE_STATES = (
     "pending",
     "draining",
@@ -121,3 +159,4 @@ class StoreSnapshot:
     moves: tuple[MoveRecord, ...] = ()
     fence: int = 0
     """The last fencing number handed out; the next leader gets a higher one."""
+    retired: tuple[RetiredOverrides, ...] = ()

@@ -150,6 +150,10 @@ def build_server(config: RegistryConfig, store: Store | None = None) -> Registry
         ttl_s=config.ttl,
         stall_after_s=config.stall_after,
         forget_after_s=config.forget_after,
+        flap_threshold=config.flap_threshold,
+        flap_window_s=config.flap_window,
+        flap_hold_s=config.flap_hold,
+        flap_hold_max_s=config.flap_hold_max,
         self_preservation_threshold=config.self_preservation_threshold,
         self_preservation_min_instances=config.self_preservation_min_instances,
     )
@@ -163,7 +167,7 @@ def build_server(config: RegistryConfig, store: Store | None = None) -> Registry
     )
     core = RegistryCore(
         catalog=catalog,
-        store=store or EmbeddedStore(config.data_dir),
+        store=store or EmbeddedStore(config.data_dir, allow_empty=config.allow_empty_store),
         hub=hub,
         metrics=metrics,
         address_policy=AddressPolicy(
@@ -172,6 +176,7 @@ def build_server(config: RegistryConfig, store: Store | None = None) -> Registry
         ),
         register_limiter=KeyedRateLimiter(config.register_rate, config.register_burst),
         clock=clock,
+        forget_after_s=config.forget_after,
     )
     metrics.track_instances(catalog.views)
     auth = TokenAuth(config.engine_token, config.read_token, config.admin_token)
@@ -225,15 +230,16 @@ def build_server(config: RegistryConfig, store: Store | None = None) -> Registry
 async def run(config: RegistryConfig) -> int:
     """Serve until SIGTERM/SIGINT."""
     server = build_server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Handlers first: a SIGTERM right after the ready line must be a clean stop.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     await server.start()
     sys.stdout.write(
         f"tidepool registry ready grpc={server.grpc_address} http={server.http_address}\n"
     )
     sys.stdout.flush()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     try:
         await stop.wait()
     finally:

@@ -19,7 +19,7 @@ import grpc
 from registry.address import parse_peer
 from registry.admin import AdminOps
 from registry.auth import Role, TokenAuth
-from registry.catalog import InstanceView
+from registry.catalog import EngineStatus, InstanceView
 from registry.convert import (
     ENGINE_STATUS_FROM_PB,
     alias_to_pb,
@@ -33,6 +33,7 @@ from registry.convert import (
 from registry.core import Attachment, Registration, RegistryCore
 from registry.errors import FailedPreconditionError, InvalidArgumentError, RegistryError
 from registry.fencing import PRESENTED_FENCE, read_fence
+from registry.ratelimit import KeyedRateLimiter
 from registry.scheduling import SchedulingOps
 from registry.validation import validate_instance_id, validate_lang, validate_name
 from registry.watch import WatchTarget
@@ -41,6 +42,10 @@ from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
 
 log = logging.getLogger("tidepool.registry")
 UNARY_TIMEOUT_S = 10.0
+MIN_BEATS_PER_S = 10.0
+DEFAULT_PAGE_SIZE = 1000
+MAX_PAGE_SIZE = 5000
+BEAT_HEADROOM = 4.0
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
 
@@ -105,16 +110,19 @@ class RegistryServicer(_Base, pb_grpc.RegistryServicer):
             weight=request.weight,
             capacity=request.capacity,
             labels=dict(request.labels),
+            secret=request.secret,
         )
-        view = await self.core.register(registration, parse_peer(context.peer()))
-        response = pb.RegisterResponse(instance=instance_to_pb(view))
+        registered = await self.core.register(registration, parse_peer(context.peer()))
+        response = pb.RegisterResponse(
+            instance=instance_to_pb(registered.view), secret=registered.secret
+        )
         response.heartbeat_interval.FromNanoseconds(int(self.heartbeat_interval_s * 1e9))
         response.ttl.FromNanoseconds(int(self.ttl_s * 1e9))
         return response
 
     @unary(Role.ENGINE)
     async def Deregister(self, request: pb.DeregisterRequest, context: Any) -> Any:
-        await self.core.deregister(validate_instance_id(request.instance_id))
+        await self.core.deregister(validate_instance_id(request.instance_id), request.secret)
         return pb.DeregisterResponse()
 
     async def Heartbeat(
@@ -125,7 +133,10 @@ class RegistryServicer(_Base, pb_grpc.RegistryServicer):
             requests = aiter(request_iterator)
             first = await asyncio.wait_for(anext(requests), self.first_message_timeout_s)
             instance_id = validate_instance_id(first.instance_id)
-            attachment = self.core.attach(instance_id)
+            # The whole first message is checked before the stream touches the instance:
+            # a malformed one must not supersede, and then break, the owner's stream.
+            self._status(first)
+            attachment = self.core.attach(instance_id, first.secret)
         except StopAsyncIteration:
             return
         except TimeoutError:
@@ -146,19 +157,35 @@ class RegistryServicer(_Base, pb_grpc.RegistryServicer):
             self.core.detach(attachment, broken=broken)
 
     def _beat(self, instance_id: str, request: pb.HeartbeatRequest) -> None:
+        self.core.heartbeat(instance_id, self._status(request), load_from_pb(request.load))
+
+    @staticmethod
+    def _status(request: pb.HeartbeatRequest) -> EngineStatus:
         status = ENGINE_STATUS_FROM_PB.get(request.status)
         if status is None:
             raise InvalidArgumentError("status", f"unknown engine status {request.status}")
-        self.core.heartbeat(instance_id, status, load_from_pb(request.load))
+        return status
 
     async def _read_beats(
         self, instance_id: str, requests: AsyncIterator[pb.HeartbeatRequest]
     ) -> None:
         # A stream open but silent past the TTL is dead weight: the lease has lapsed.
         idle_s = 2 * self.ttl_s
+        budget = self._beat_budget()
         while True:
             request = await asyncio.wait_for(anext(requests), idle_s)
-            self._beat(instance_id, request)
+            if budget.allow("", self.core.clock()):
+                self._beat(instance_id, request)
+            else:
+                # One stream must not be able to flood the registry and delay every
+                # watcher: beats past its budget are read and dropped.
+                self.core.metrics.heartbeats_dropped.inc()
+
+    def _beat_budget(self) -> KeyedRateLimiter:
+        """A beat per interval is the norm; allow 4 times that (status changes are sent at
+        once), and at least 10 a second."""
+        rate = max(MIN_BEATS_PER_S, BEAT_HEADROOM / self.heartbeat_interval_s)
+        return KeyedRateLimiter(rate, max(1, int(rate)), max_keys=1)
 
     async def _serve_stream(
         self,
@@ -234,10 +261,19 @@ class RegistryServicer(_Base, pb_grpc.RegistryServicer):
     @unary(Role.READ)
     async def ListInstances(self, request: pb.ListInstancesRequest, context: Any) -> Any:
         service = validate_name(request.service, "service") if request.service else None
+        page_size = request.page_size or DEFAULT_PAGE_SIZE
+        if page_size > MAX_PAGE_SIZE:
+            raise InvalidArgumentError("page_size", f"must be at most {MAX_PAGE_SIZE}")
         catalog = self.core.catalog
+        # Pages run in id order; the token is the last id of the previous page, so a page
+        # is neither repeated nor skipped when instances come and go in between.
+        views = [v for v in catalog.views(service) if v.id > request.page_token]
+        page = views[:page_size]
+        more = len(views) > page_size
         return pb.ListInstancesResponse(
             revision=catalog.revision,
-            instances=[instance_to_pb(v) for v in catalog.views(service)],
+            instances=[instance_to_pb(v) for v in page],
+            next_page_token=page[-1].id if more else "",
         )
 
     @unary(Role.READ)

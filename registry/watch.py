@@ -16,6 +16,9 @@ from registry.catalog import Catalog, Change, InstanceView
 from registry.convert import alias_to_pb, instance_to_pb, tenant_to_pb
 from tidepool.registry.v1 import registry_pb2 as pb
 
+SNAPSHOT_CHUNK = 500
+"""Instances per snapshot chunk: a few hundred KiB, well inside any message limit."""
+
 DEFAULT_MAX_PENDING = 1024
 
 
@@ -109,23 +112,33 @@ class WatchHub:
             if watcher.resync:
                 watcher.resync = False
                 watcher.queue.clear()
-                return [self._snapshot(watcher)]
+                return self._snapshot(watcher)
             pending = list(watcher.queue)
             watcher.queue.clear()
             events = self._deltas(watcher, pending)
             if events:
                 return events
 
-    def _snapshot(self, watcher: Watcher) -> pb.WatchEvent:
+    def _snapshot(self, watcher: Watcher) -> list[pb.WatchEvent]:
+        """The whole view, in chunks of SNAPSHOT_CHUNK instances so that no message
+        outgrows the size limit however large the fleet; one chunk at the least."""
         views = self._scope(watcher.target)
         watcher.members = {v.id for v in views}
-        return pb.WatchEvent(
-            kind=pb.WatchEvent.KIND_SNAPSHOT,
-            revision=self.catalog.revision,
-            instances=[instance_to_pb(v) for v in views],
-            aliases=[alias_to_pb(a) for _, a in sorted(self.catalog.aliases.items())],
-            tenants=[tenant_to_pb(t) for _, t in sorted(self.catalog.tenants.items())],
-        )
+        revision = self.catalog.revision
+        chunks = [views[i : i + SNAPSHOT_CHUNK] for i in range(0, len(views), SNAPSHOT_CHUNK)]
+        events = [
+            pb.WatchEvent(
+                kind=pb.WatchEvent.KIND_SNAPSHOT,
+                revision=revision,
+                instances=[instance_to_pb(v) for v in chunk],
+                snapshot_more=True,
+            )
+            for chunk in chunks or [[]]
+        ]
+        events[0].aliases.extend(alias_to_pb(a) for _, a in sorted(self.catalog.aliases.items()))
+        events[0].tenants.extend(tenant_to_pb(t) for _, t in sorted(self.catalog.tenants.items()))
+        events[-1].snapshot_more = False
+        return events
 
     def _scope(self, target: WatchTarget) -> list[InstanceView]:
         if target.alias:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from registry.sdk.snapshots import SnapshotChunks
 from registry.sdk.states import STATES_BY_NAME, state_name
 from router.endpoint import Endpoint
 from router.outlier import Departure
@@ -22,7 +23,9 @@ from tidepool.runtime.selector import Selector, parse_selector
 
 READY = pb.INSTANCE_STATE_READY
 UNKNOWN = pb.INSTANCE_STATE_UNKNOWN
-_FAILED = frozenset({pb.INSTANCE_STATE_UNHEALTHY, pb.INSTANCE_STATE_STALLED})
+_FAILED = frozenset(
+    {pb.INSTANCE_STATE_UNHEALTHY, pb.INSTANCE_STATE_STALLED, pb.INSTANCE_STATE_FLAPPING}
+)
 _LEAVING = frozenset({pb.INSTANCE_STATE_DRAINING, pb.INSTANCE_STATE_SWITCHING})
 
 
@@ -150,9 +153,17 @@ class RegistryView:
     aliases: dict[str, AliasRule] = field(default_factory=dict)
     tenants: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     revision: int = 0
+    _chunks: SnapshotChunks = field(default_factory=SnapshotChunks, repr=False, compare=False)
+    """A chunked snapshot is applied once, whole, when its last chunk comes."""
 
     def apply(self, event: pb.WatchEvent) -> dict[str, Departure]:
         """Fold one watch event in; returns why instances that left the view left."""
+        whole = self._chunks.add(event)
+        if whole is None:
+            return {}
+        return self._apply(whole)
+
+    def _apply(self, event: pb.WatchEvent) -> dict[str, Departure]:
         kind = event.kind
         departures: dict[str, Departure] = {}
         if kind == pb.WatchEvent.KIND_SNAPSHOT:

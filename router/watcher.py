@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from registry.sdk.backoff import Backoff
-from registry.sdk.channel import auth_metadata, open_channel
+from registry.sdk.channel import auth_metadata, open_channel, sleep_until_reconnected
 from router.lkg import encode_view, load_view, save_view
 from router.outlier import Departure
 from router.table import RoutingTable
@@ -31,6 +31,10 @@ from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 SAVE_INTERVAL_S = 1.0
 """At most one write of the view file per this many seconds."""
+RECONNECT_MIN_S = 0.1
+RECONNECT_MAX_S = 1.0
+"""Cap on the wait between watch attempts; an attempt also goes as soon as the channel
+reconnects, so a restarted registry's changes reach the router within about a second."""
 _REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
@@ -56,7 +60,7 @@ class RegistryWatcher:
         self._state_file = state_file
         self._root_certificates = root_certificates
         self._on_change = on_change or (lambda: None)
-        self._backoff = backoff or Backoff(0.1, 5.0)
+        self._backoff = backoff or Backoff(RECONNECT_MIN_S, RECONNECT_MAX_S)
         self.view = RegistryView()
         self.connected = False
         self.problem = "not connected yet"
@@ -112,7 +116,7 @@ class RegistryWatcher:
             stub = pb_grpc.RegistryStub(channel)
             while True:
                 await self._watch_once(stub)
-                await asyncio.sleep(self._backoff.next_delay())
+                await sleep_until_reconnected(channel, self._backoff.next_delay())
         finally:
             self.connected = False
             await self._flush()

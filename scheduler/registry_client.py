@@ -98,10 +98,15 @@ class SchedulerRegistry:
     # ---- reads ------------------------------------------------------------
 
     async def engines(self) -> list[Engine]:
-        response = await self._call(
-            "ListInstances", self._registry.ListInstances, pb.ListInstancesRequest()
-        )
-        return [engine_from_pb(i) for i in response.instances]
+        engines: list[Engine] = []
+        token = ""
+        while True:
+            request = pb.ListInstancesRequest(page_token=token)
+            response = await self._call("ListInstances", self._registry.ListInstances, request)
+            engines.extend(engine_from_pb(i) for i in response.instances)
+            token = response.next_page_token
+            if not token:
+                return engines
 
     async def moves(self) -> list[MoveView]:
         response = await self._call("ListMoves", self._scheduling.ListMoves, pb.ListMovesRequest())

@@ -27,11 +27,12 @@ from typing import Any, Protocol
 import grpc
 
 from registry.sdk.backoff import Backoff, RandomSource
-from registry.sdk.channel import auth_metadata, open_channel
+from registry.sdk.channel import auth_metadata, open_channel, sleep_until_reconnected
 from registry.sdk.errors import (
     AgentError,
     AgentStateError,
     InstanceNotFoundError,
+    InstanceOwnedError,
     RegistrationError,
     RegistryUnavailableError,
     translate,
@@ -123,8 +124,11 @@ class AgentConfig:
     instance_id: str | None = None
     """Stable identity; None: the agent makes one at construction."""
     drain_timeout_s: float = 30.0
-    reconnect_min_s: float = 0.2
-    reconnect_max_s: float = 5.0
+    reconnect_min_s: float = 0.1
+    """First retry delay after the registry is lost (fully jittered, doubling)."""
+    reconnect_max_s: float = 1.0
+    """Cap on the retry delay; a retry also goes as soon as the channel reconnects, so a
+    restarted registry sees every engine back within about a second of answering."""
     rpc_timeout_s: float = 5.0
     root_certificates: bytes | None = None
     """PEM roots for TLS to the registry; None: plaintext."""
@@ -198,6 +202,7 @@ class EngineAgent:
         self._clock = clock
         self._rng = rng
         self._instance_id = config.instance_id or new_instance_id()
+        self._secret = ""  # proof that this process owns the id; Register hands it out
         self._labels: dict[str, str] = dict(config.labels)
         if config.metrics_port is not None:
             self._labels[METRICS_PORT_LABEL] = str(config.metrics_port)
@@ -351,7 +356,7 @@ class EngineAgent:
                         f"gave up registering: {exc}", code=exc.code, details=exc.details
                     ) from None
                 log.warning("%s; retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
+                await sleep_until_reconnected(self._channel, delay)
 
     async def _register_once(self) -> None:
         request = registry_pb2.RegisterRequest(
@@ -361,6 +366,7 @@ class EngineAgent:
             weight=self._config.weight,
             capacity=self._config.capacity,
             labels=self._labels,
+            secret=self._secret,
         )
         async with self._register_lock:
             try:
@@ -369,11 +375,12 @@ class EngineAgent:
                 )
             except grpc.RpcError as exc:
                 raise translate(exc, "register", self._config.registry) from None
+        self._secret = response.secret
         interval = _seconds(response.heartbeat_interval)
         self._interval_s = interval if interval > 0 else DEFAULT_HEARTBEAT_INTERVAL_S
 
     async def _deregister(self) -> None:
-        request = registry_pb2.DeregisterRequest(instance_id=self._instance_id)
+        request = registry_pb2.DeregisterRequest(instance_id=self._instance_id, secret=self._secret)
         try:
             await self._stub.Deregister(
                 request, metadata=self._metadata, timeout=self._config.rpc_timeout_s
@@ -396,12 +403,18 @@ class EngineAgent:
                 # A restarted registry that lost us: same id, so pool labels are recovered.
                 log.warning("registry forgot %s; registering again", self._instance_id)
                 await self._register_retrying(deadline=None)
+            except InstanceOwnedError as exc:
+                if self._stopping:
+                    return
+                # Our secret no longer owns the id (it lapsed and was claimed): claim it again.
+                log.warning("%s; registering again", exc)
+                await self._register_retrying(deadline=None)
             except RegistryUnavailableError as exc:
                 log.warning("heartbeat stream lost: %s", exc)
             except RegistrationError as exc:
                 self._fail(exc)
                 return
-            await asyncio.sleep(backoff.next_delay())
+            await sleep_until_reconnected(self._channel, backoff.next_delay())
 
     async def _heartbeat_stream(self, backoff: Backoff) -> None:
         call = self._stub.Heartbeat(metadata=self._metadata)
@@ -468,6 +481,7 @@ class EngineAgent:
         load, gpu = self._last_load, self._gpu
         return registry_pb2.HeartbeatRequest(
             instance_id=self._instance_id,
+            secret=self._secret,
             status=f"ENGINE_STATUS_{self._status.name}",
             load=registry_pb2.Load(
                 in_flight=load.in_flight,

@@ -45,6 +45,11 @@ class RegistryUnavailableError(AgentError):
     """The registry could not be reached, or failed in a way worth retrying."""
 
 
+class InstanceOwnedError(RegistryUnavailableError):
+    """The id belongs to another live registration (or our secret is not its owner's):
+    worth retrying by registering again, which succeeds once that lease has lapsed."""
+
+
 class InstanceNotFoundError(AgentError):
     """The registry does not know the instance (it restarted or reaped it)."""
 
@@ -66,6 +71,8 @@ def translate_status(
     message = f"{action} at registry {registry} failed: {name}: {details or 'no details'}"
     if code == grpc.StatusCode.NOT_FOUND:
         return InstanceNotFoundError(message, code=name, details=details)
+    if code == grpc.StatusCode.PERMISSION_DENIED and details.startswith("secret:"):
+        return InstanceOwnedError(message, code=name, details=details)
     if code in PERMANENT_CODES:
         return RegistrationError(message, code=name, details=details)
     return RegistryUnavailableError(message, code=name, details=details)

@@ -15,6 +15,7 @@ STATE_NAMES: dict[int, str] = {
     pb.INSTANCE_STATE_STALLED: "stalled",
     pb.INSTANCE_STATE_UNHEALTHY: "unhealthy",
     pb.INSTANCE_STATE_UNKNOWN: "unknown",
+    pb.INSTANCE_STATE_FLAPPING: "flapping",
 }
 STATES_BY_NAME: dict[str, int] = {name: state for state, name in STATE_NAMES.items()}
 

@@ -8,6 +8,7 @@ from registry.records import (
     AliasRecord,
     InstanceRecord,
     MoveRecord,
+    RetiredOverrides,
     StoreSnapshot,
     TenantRecord,
 )
@@ -29,6 +30,10 @@ class Store(Protocol):
     async def put_tenant(self, tenant: TenantRecord) -> None: ...
 
     async def delete_tenant(self, tenant: str, lang: str) -> None: ...
+
+    async def put_retired(self, retired: RetiredOverrides) -> None: ...
+
+    async def delete_retired(self, instance_id: str) -> None: ...
 
     async def put_move(self, move: MoveRecord) -> None: ...
 

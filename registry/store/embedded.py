@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import sqlite3
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +24,7 @@ from registry.records import (
     AliasRecord,
     InstanceRecord,
     MoveRecord,
+    RetiredOverrides,
     StoreSnapshot,
     TenantRecord,
     frozen_labels,
@@ -29,6 +32,9 @@ from registry.records import (
 
 T = TypeVar("T")
 FILE_NAME = "registry.sqlite3"
+MARKER_NAME = "registry.id"
+"""Written beside the database at its first start: a store existed here, so a missing or
+empty database later is a loss to refuse, not a first start."""
 SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -38,6 +44,7 @@ CREATE TABLE IF NOT EXISTS tenants (
     tenant TEXT NOT NULL, lang TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (tenant, lang)
 );
 CREATE TABLE IF NOT EXISTS moves (id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS retired (id TEXT PRIMARY KEY, body TEXT NOT NULL);
 """
 
 
@@ -54,6 +61,7 @@ def _instance_to_json(record: InstanceRecord) -> str:
             "label_overrides": dict(record.label_overrides),
             "weight_override": record.weight_override,
             "admin_drained": record.admin_drained,
+            "owner_digest": record.owner_digest,
         },
         sort_keys=True,
     )
@@ -72,14 +80,58 @@ def _instance_from_json(body: str) -> InstanceRecord:
         label_overrides=dict(data["label_overrides"]),
         weight_override=data["weight_override"],
         admin_drained=data["admin_drained"],
+        owner_digest=data.get("owner_digest", ""),
+    )
+
+
+def _alias_from_json(body: str) -> AliasRecord:
+    return AliasRecord(**json.loads(body))
+
+
+def _tenant_from_json(body: str) -> TenantRecord:
+    data = json.loads(body)
+    return TenantRecord(data["tenant"], data["lang"], tuple(data["aliases"]))
+
+
+def _move_from_json(body: str) -> MoveRecord:
+    return MoveRecord(**json.loads(body))
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _write_marker(path: Path) -> None:
+    """Write the marker atomically: a torn marker must not read as "no store before"."""
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("w") as handle:
+        handle.write(f"{uuid.uuid4()}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    temporary.replace(path)
+
+
+def _retired_from_json(body: str) -> RetiredOverrides:
+    data: dict[str, Any] = json.loads(body)
+    return RetiredOverrides(
+        id=data["id"],
+        label_overrides=dict(data["label_overrides"]),
+        weight_override=data["weight_override"],
+        admin_drained=bool(data["admin_drained"]),
+        retired_at=float(data["retired_at"]),
     )
 
 
 class EmbeddedStore:
     """Store implementation on a local SQLite database."""
 
-    def __init__(self, data_dir: str | Path) -> None:
+    def __init__(self, data_dir: str | Path, *, allow_empty: bool = False) -> None:
         self._path = Path(data_dir) / FILE_NAME
+        self._marker = Path(data_dir) / MARKER_NAME
+        self._allow_empty = allow_empty
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tidepool-store")
         self._db: sqlite3.Connection | None = None
 
@@ -100,7 +152,47 @@ class EmbeddedStore:
 
     def _open(self) -> sqlite3.Connection:
         self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._refuse_lost_store()
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            self._prepare(db)
+        except sqlite3.Error as exc:
+            db.close()
+            if isinstance(exc, sqlite3.OperationalError):
+                raise  # locked, unreadable, disk full: not damage
+            raise self._damaged(f"{exc}") from exc
+        except BaseException:
+            db.close()
+            raise
+        if not self._marker.exists():
+            _write_marker(self._marker)
+        return db
+
+    def _refuse_lost_store(self) -> None:
+        if self._allow_empty or not self._marker.exists():
+            return
+        if not self._path.exists():
+            problem = "is missing"
+        elif _size(self._path) == 0 and _size(self._path.with_name(FILE_NAME + "-wal")) == 0:
+            problem = "is empty (0 bytes)"
+        else:
+            return
+        raise StoreUnavailableError(
+            f"embedded store {self._path} {problem}, but {self._marker} says a store was kept"
+            " here before; restore the database, or start with --allow-empty-store true to"
+            " begin again with no aliases, tenants or overrides"
+        )
+
+    def _damaged(self, problem: str) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"embedded store {self._path} is damaged: {problem}; restore it from a backup, or"
+            " move it aside and start with --allow-empty-store true"
+        )
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        (check,) = db.execute("PRAGMA quick_check(1)").fetchone()
+        if check != "ok":
+            raise sqlite3.DatabaseError(f"integrity check failed: {check}")
         db.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed change survives power loss, not only a process crash.
         db.execute("PRAGMA synchronous=FULL")
@@ -113,31 +205,52 @@ class EmbeddedStore:
             raise sqlite3.DatabaseError(
                 f"schema version {row[0]} is not the supported {SCHEMA_VERSION}"
             )
-        return db
 
     async def load(self) -> StoreSnapshot:
         def read(db: sqlite3.Connection) -> StoreSnapshot:
-            instances = [
-                _instance_from_json(b) for (b,) in db.execute("SELECT body FROM instances")
-            ]
-            aliases = [
-                AliasRecord(**json.loads(b)) for (b,) in db.execute("SELECT body FROM aliases")
-            ]
-            tenants = []
-            for (body,) in db.execute("SELECT body FROM tenants"):
-                data = json.loads(body)
-                tenants.append(TenantRecord(data["tenant"], data["lang"], tuple(data["aliases"])))
-            moves = [MoveRecord(**json.loads(b)) for (b,) in db.execute("SELECT body FROM moves")]
-            row = db.execute("SELECT value FROM meta WHERE key='fence'").fetchone()
+            rows = db.execute("SELECT id, body FROM instances")
+            instances = self._decode("instances", "id", rows, _instance_from_json)
+            rows = db.execute("SELECT name, body FROM aliases")
+            aliases = self._decode("aliases", "name", rows, _alias_from_json)
+            rows = db.execute("SELECT tenant || '/' || lang, body FROM tenants")
+            tenants = self._decode("tenants", "tenant/lang", rows, _tenant_from_json)
+            rows = db.execute("SELECT id, body FROM moves")
+            moves = self._decode("moves", "id", rows, _move_from_json)
+            fence = db.execute("SELECT 'fence', value FROM meta WHERE key='fence'")
+            (fence_value,) = self._decode("meta", "key", fence, int) or (0,)
+            rows = db.execute("SELECT id, body FROM retired")
+            retired = self._decode("retired", "id", rows, _retired_from_json)
             return StoreSnapshot(
                 tuple(instances),
                 tuple(aliases),
                 tuple(tenants),
                 tuple(moves),
-                int(row[0]) if row else 0,
+                fence_value,
+                tuple(retired),
             )
 
         return await self._run(read)
+
+    def _decode(
+        self,
+        table: str,
+        key: str,
+        rows: Iterable[tuple[str, str]],
+        parse: Callable[[str], T],
+    ) -> list[T]:
+        """Parse every row, or name the first bad one (table, key) in a damaged-store error."""
+        decoded = []
+        for name, body in rows:
+            row = f"table {table}, row {key}={name!r}"
+            try:
+                decoded.append(parse(body))
+            except json.JSONDecodeError as exc:
+                raise self._damaged(f"{row}: not JSON ({exc})") from None
+            except KeyError as exc:
+                raise self._damaged(f"{row}: no field {exc}") from None
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise self._damaged(f"{row}: {exc}") from None
+        return decoded
 
     async def _write(self, sql: str, params: tuple[object, ...]) -> None:
         def write(db: sqlite3.Connection) -> None:
@@ -172,6 +285,13 @@ class EmbeddedStore:
 
     async def delete_tenant(self, tenant: str, lang: str) -> None:
         await self._write("DELETE FROM tenants WHERE tenant = ? AND lang = ?", (tenant, lang))
+
+    async def put_retired(self, retired: RetiredOverrides) -> None:
+        body = json.dumps(dataclasses.asdict(retired), sort_keys=True)
+        await self._write("INSERT OR REPLACE INTO retired VALUES (?, ?)", (retired.id, body))
+
+    async def delete_retired(self, instance_id: str) -> None:
+        await self._write("DELETE FROM retired WHERE id = ?", (instance_id,))
 
     async def put_move(self, move: MoveRecord) -> None:
         body = json.dumps(dataclasses.asdict(move), sort_keys=True)

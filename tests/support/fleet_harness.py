@@ -134,7 +134,7 @@ class Fleet:
 
         Self-preservation is off, since a test that partitions most of a pool wants
         the registry to believe it; the restart grace outlasts the engines' longest
-        reconnect backoff (5 s), so a restarted registry declares nobody dead.
+        reconnect wait (1 s), so a restarted registry declares nobody dead.
         """
         self.registry_args = [
             *("--data-dir", str(self.data_dir)),

@@ -35,15 +35,46 @@ async def running_registry(data_dir: Path, **settings: Any) -> AsyncIterator[Reg
         await server.stop()
 
 
+class _OwningRegistryStub:
+    """The Registry stub as an engine uses it: it keeps the secret each Register returns
+    and presents it on re-registration and Deregister, as the SDK does."""
+
+    def __init__(self, stub: pb_grpc.RegistryStub, secrets: dict[str, str]) -> None:
+        self._stub = stub
+        self._secrets = secrets
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stub, name)
+
+    async def Register(self, request: pb.RegisterRequest, **kwargs: Any) -> Any:
+        if not request.secret and request.instance_id in self._secrets:
+            request.secret = self._secrets[request.instance_id]
+        response = await self._stub.Register(request, **kwargs)
+        self._secrets[response.instance.id] = response.secret
+        return response
+
+    async def Deregister(self, request: pb.DeregisterRequest, **kwargs: Any) -> Any:
+        if not request.secret:
+            request.secret = self._secrets.get(request.instance_id, "")
+        return await self._stub.Deregister(request, **kwargs)
+
+
 @dataclass
 class Clients:
-    """Stubs for one registry, with a token for each call."""
+    """Stubs for one registry, with a token for each call, and the secrets of the
+    instances registered through it."""
 
     channel: grpc.aio.Channel
     token: str | None = None
+    secrets: dict[str, str] = field(default_factory=dict)
 
     @property
-    def registry(self) -> pb_grpc.RegistryStub:
+    def registry(self) -> Any:
+        return _OwningRegistryStub(pb_grpc.RegistryStub(self.channel), self.secrets)
+
+    @property
+    def raw_registry(self) -> pb_grpc.RegistryStub:
+        """The plain stub: presents no secret unless the request carries one."""
         return pb_grpc.RegistryStub(self.channel)
 
     @property
@@ -106,8 +137,11 @@ class RawEngine:
         self._reader = asyncio.create_task(self._read())
 
     async def beat(self, status: int = pb.ENGINE_STATUS_SERVING, **load: int) -> None:
+        secret = self.clients.secrets.get(self.instance_id, "")
         await self.call.write(
-            pb.HeartbeatRequest(instance_id=self.instance_id, status=status, load=pb.Load(**load))
+            pb.HeartbeatRequest(
+                instance_id=self.instance_id, status=status, load=pb.Load(**load), secret=secret
+            )
         )
 
     async def _read(self) -> None:

@@ -83,5 +83,17 @@ class RegistryClient:
             return False
         return True
 
+    def list_instances(self, service: str = "") -> list[pb.Instance]:
+        """Every instance, page by page (a large fleet does not fit one message)."""
+        instances: list[pb.Instance] = []
+        token = ""
+        while True:
+            request = pb.ListInstancesRequest(service=service, page_token=token)
+            response = self.call(self.registry.ListInstances, request)
+            instances.extend(response.instances)
+            token = response.next_page_token
+            if not token:
+                return instances
+
     def close(self) -> None:
         self._channel.close()

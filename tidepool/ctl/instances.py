@@ -39,11 +39,8 @@ def keep_filter(args: argparse.Namespace) -> Keep:
 def cmd_instances(client: RegistryClient, args: argparse.Namespace) -> str | Iterator[str]:
     if args.watch:
         return _watch(client, args)
-    response = client.call(
-        client.registry.ListInstances, pb.ListInstancesRequest(service=args.service or "")
-    )
     keep = keep_filter(args)
-    instances = [i for i in response.instances if keep(i)]
+    instances = [i for i in client.list_instances(args.service or "") if keep(i)]
     if args.json:
         return json_text([instance_json(i) for i in instances])
     return instances_table(instances, time.time(), wide=args.wide)

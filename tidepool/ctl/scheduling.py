@@ -44,7 +44,7 @@ def _list_moves(client: RegistryClient) -> Sequence[pb.Move]:
 
 
 def _list_instances(client: RegistryClient) -> Sequence[pb.Instance]:
-    return list(client.call(client.registry.ListInstances, pb.ListInstancesRequest()).instances)
+    return client.list_instances()
 
 
 def cmd_pools(client: RegistryClient, args: argparse.Namespace) -> str:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from registry.sdk.snapshots import SnapshotChunks
 from registry.sdk.states import state_name
 from tidepool.ctl.render import alias_json, instance_json, tenant_json
 from tidepool.registry.v1 import registry_pb2 as pb
@@ -80,9 +81,14 @@ class WatchView:
         self._known: dict[str, pb.Instance] = {}
         self._routing: tuple[object, ...] | None = None
         self._snapshots = 0
+        self._chunks = SnapshotChunks()
         self.revision = 0
 
     def apply(self, event: pb.WatchEvent, now: float) -> list[str]:
+        whole = self._chunks.add(event)
+        if whole is None:
+            return []
+        event = whole
         self.revision = max(self.revision, event.revision)
         if event.kind == pb.WatchEvent.KIND_SNAPSHOT:
             return self._snapshot(event, now)

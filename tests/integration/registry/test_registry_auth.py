@@ -32,7 +32,7 @@ Call = Callable[[Clients], Awaitable[object]]
 
 async def _heartbeat(c: Clients) -> object:
     call = c.registry.Heartbeat(metadata=c.md)
-    await call.write(pb.HeartbeatRequest(instance_id="e-0"))
+    await call.write(pb.HeartbeatRequest(instance_id="e-0", secret=c.secrets.get("e-0", "")))
     ack = await asyncio.wait_for(call.read(), 5)
     call.cancel()
     return ack
@@ -184,7 +184,7 @@ async def test_admin_token_can_do_everything(tmp_path: Path) -> None:
         admin = c.with_token(ADMIN)
         # SendDirective needs an open heartbeat stream, so it gets one here.
         call = admin.registry.Heartbeat(metadata=admin.md)
-        await call.write(pb.HeartbeatRequest(instance_id="e-0"))
+        await call.write(pb.HeartbeatRequest(instance_id="e-0", secret=c.secrets.get("e-0", "")))
         await asyncio.wait_for(call.read(), 5)
         for name in (*READ_CALLS, "SendDirective"):
             assert await _code_of(ALL_CALLS[name], admin) == grpc.StatusCode.OK, name

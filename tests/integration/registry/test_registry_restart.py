@@ -86,10 +86,14 @@ async def _stop(process: RunningProcess, how: signal.Signals) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _clients(process: RunningProcess) -> AsyncIterator[Clients]:
+async def _clients(
+    process: RunningProcess, secrets: dict[str, str] | None = None
+) -> AsyncIterator[Clients]:
+    """Clients of one registry process; pass the same `secrets` to a restarted one, as an
+    engine keeps its secret across a registry restart."""
     channel = open_channel(process.grpc)
     try:
-        yield Clients(channel)
+        yield Clients(channel, secrets=secrets if secrets is not None else {})
     finally:
         await channel.close()
 
@@ -122,7 +126,8 @@ async def test_aliases_routes_and_overrides_survive_a_restart(
     tmp_path: Path, processes: _Registries, how: signal.Signals
 ) -> None:
     first = await _start(processes, tmp_path)
-    async with _clients(first) as c:
+    secrets: dict[str, str] = {}
+    async with _clients(first, secrets) as c:
         await c.registry.Register(registration(9001, instance_id="e-1"))
         await c.registry.Register(registration(9002, instance_id="e-2"))
         await c.admin.SetLabels(
@@ -139,7 +144,7 @@ async def test_aliases_routes_and_overrides_survive_a_restart(
     await _stop(first, how)
 
     second = await _start(processes, tmp_path)
-    async with _clients(second) as c:
+    async with _clients(second, secrets) as c:
         after = await _durable_view(c)
         assert after == before
         instances = after[0]
@@ -168,14 +173,15 @@ async def test_known_instances_get_a_grace_period_to_reattach_after_a_crash(
     tmp_path: Path, processes: _Registries
 ) -> None:
     first = await _start(processes, tmp_path)
-    async with _clients(first) as c:
+    secrets: dict[str, str] = {}
+    async with _clients(first, secrets) as c:
         await c.registry.Register(registration(9001, instance_id="back"))
         await c.registry.Register(registration(9002, instance_id="gone"))
     await _stop(first, signal.SIGKILL)
 
     second = await _start(processes, tmp_path)
     restarted_at = time.monotonic()
-    async with _clients(second) as c:
+    async with _clients(second, secrets) as c:
         listed = await c.registry.ListInstances(pb.ListInstancesRequest())
         # Restored from the store, neither heard from yet: "unknown", not "ready".
         assert {i.id: i.state for i in listed.instances} == {"back": UNKNOWN, "gone": UNKNOWN}

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from registry.address import (
     AddressPolicy,
+    canonical_address,
     check_claim,
     format_address,
     parse_address,
@@ -330,3 +331,38 @@ def test_denies_loopback_claim_from_unknown_caller() -> None:
 def test_allowed_ranges_never_admit_a_loopback_claim() -> None:
     policy = AddressPolicy(allowed_ranges=(IPv4Network("127.0.0.0/8"),))
     assert "loopback" in _denial(LOCAL, ENGINE, policy)
+
+
+# --- canonical form ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("[::1]:80", "[::1]:80"),
+        ("[0:0:0:0:0:0:0:1]:80", "[::1]:80"),
+        ("[::0001]:80", "[::1]:80"),
+        ("[0000::1]:80", "[::1]:80"),
+        ("[FD00:0:0:0:0:0:0:7]:50051", "[fd00::7]:50051"),
+        ("[fd00:0:0:1:0:0:0:7]:1", "[fd00:0:0:1::7]:1"),
+        ("10.0.0.7:50051", "10.0.0.7:50051"),
+    ],
+)
+def test_every_spelling_of_an_address_has_one_canonical_form(text: str, canonical: str) -> None:
+    assert canonical_address(text) == canonical
+
+
+def test_canonical_address_names_the_field_of_a_bad_address() -> None:
+    with pytest.raises(InvalidArgumentError) as excinfo:
+        canonical_address("[::1]", "instance.address")
+    assert excinfo.value.field == "instance.address"
+
+
+@given(st.ip_addresses(v=6), st.integers(1, 65535))
+def test_canonical_form_is_a_fixed_point(ip: IPv6Address, port: int) -> None:
+    try:
+        once = canonical_address(f"[{ip.exploded}]:{port}")
+    except InvalidArgumentError:
+        return  # not dialable (multicast, link-local, ...): refused in every spelling alike
+    assert canonical_address(once) == once
+    assert once == format_address(ip, port)

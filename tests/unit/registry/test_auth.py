@@ -120,3 +120,16 @@ def test_empty_token_is_no_token() -> None:
     auth = TokenAuth(engine_token="", read_token="", admin_token="")
     assert auth.open_roles() == list(Role)
     auth.check(Role.ADMIN, [("authorization", "Bearer ")])
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+@pytest.mark.parametrize("spaces", [" ", "  "])
+def test_the_bearer_scheme_is_matched_case_insensitively(scheme: str, spaces: str) -> None:
+    # RFC 7235 section 2.1 / RFC 6750 section 2.1: auth-scheme is case-insensitive.
+    AUTH.check(Role.ADMIN, [("authorization", f"{scheme}{spaces}admin-secret")])
+
+
+@pytest.mark.parametrize("value", ["Bearer", "Bearertoken admin-secret", "Basic admin-secret"])
+def test_other_schemes_still_count_as_no_bearer_token(value: str) -> None:
+    with pytest.raises(UnauthenticatedError, match="send 'authorization: Bearer"):
+        AUTH.check(Role.ADMIN, [("authorization", value)])

@@ -298,3 +298,19 @@ def test_a_restored_instance_is_ready_once_it_re_attaches() -> None:
     assert change.view is not None
     assert change.view.state is State.READY
     assert [v.id for v in catalog.resolve_alias("zh-public")] == ["e-1"]
+
+
+def test_a_flapping_instance_is_listed_as_flapping_and_not_resolved() -> None:
+    catalog = Catalog(LeaseTable(LeaseConfig(ttl_s=TTL, flap_threshold=1, flap_hold_s=10.0)))
+    catalog.leases.grant("e-1", 0.0)
+    catalog.put(_record("e-1"), 0.0, 0.0)
+    catalog.put_alias(AliasRecord("zh-public", "lang=zh", "speech"), 0.0)
+    for now in (1.0, 3.0):
+        catalog.leases.detach("e-1", now, broken=True)
+        catalog.leases.attach("e-1", now + 1.0)
+    view = catalog.view("e-1")
+    assert (view.state, view.effective_weight) == (State.FLAPPING, 0)
+    assert catalog.resolve_alias("zh-public") == []
+    catalog.leases.heartbeat("e-1", 14.0, 0, 0)
+    catalog.leases.sweep(14.0)
+    assert catalog.view("e-1").state is State.READY

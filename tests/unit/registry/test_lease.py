@@ -239,3 +239,81 @@ def test_restored_leases_that_never_reattach_expire_despite_their_number() -> No
     result = table.sweep(10.0)
     assert not result.self_preservation
     assert not any(_healthy(table, i) for i in ("e-1", "e-2", "e-3", "e-4"))
+
+
+# ---- flap damping ---------------------------------------------------------------------------
+
+FLAPPY = LeaseConfig(
+    ttl_s=TTL,
+    flap_threshold=3,
+    flap_window_s=60.0,
+    flap_hold_s=10.0,
+    flap_hold_max_s=25.0,
+    self_preservation_min_instances=1000,
+)
+
+
+def _flap(table: LeaseTable, times: int, start: float, gap_s: float = 1.0) -> float:
+    """Break e-1's stream and bring it back `times` times; the time of the last return."""
+    now = start
+    for _ in range(times):
+        table.detach("e-1", now, broken=True)
+        now += gap_s
+        table.attach("e-1", now)
+    return now
+
+
+def test_an_engine_that_flaps_past_the_threshold_is_held_out() -> None:
+    table = _table("e-1", config=FLAPPY)
+    back = _flap(table, 4, start=1.0)
+    lease = table.leases["e-1"]
+    assert lease.healthy
+    assert lease.held_until == back + 10.0
+    assert not lease.routable_liveness()
+    # Still held just before the hold ends (it keeps beating), released at its end.
+    table.heartbeat("e-1", back + 9.0, 0, 0)
+    assert table.sweep(back + 9.0).changed == ()
+    assert table.sweep(back + 10.0).changed == ("e-1",)
+    assert lease.routable_liveness()
+
+
+def test_flapping_up_to_the_threshold_is_tolerated() -> None:
+    table = _table("e-1", config=FLAPPY)
+    _flap(table, 3, start=1.0)
+    assert table.leases["e-1"].held_until is None
+
+
+def test_lapses_outside_the_window_do_not_count() -> None:
+    table = _table("e-1", config=FLAPPY)
+    _flap(table, 3, start=1.0)
+    back = _flap(table, 1, start=100.0)  # the first three are more than 60 s old
+    assert table.leases["e-1"].held_until is None
+    assert back == 101.0
+
+
+def test_each_hold_in_a_row_doubles_up_to_the_cap() -> None:
+    table = _table("e-1", config=FLAPPY)
+    holds = []
+    now = 1.0
+    for _ in range(3):
+        now = _flap(table, 4, start=now)
+        lease = table.leases["e-1"]
+        assert lease.held_until is not None
+        holds.append(lease.held_until - now)
+        now = lease.held_until
+        table.heartbeat("e-1", now, 0, 0)
+        table.sweep(now)
+    assert holds == [10.0, 20.0, 25.0]
+
+
+def test_a_quiet_window_forgets_past_holds() -> None:
+    table = _table("e-1", config=FLAPPY)
+    back = _flap(table, 4, start=1.0)
+    released = back + 10.0
+    table.heartbeat("e-1", released, 0, 0)
+    table.sweep(released)
+    quiet = released + 61.0
+    table.heartbeat("e-1", quiet, 0, 0)
+    table.sweep(quiet)
+    again = _flap(table, 4, start=quiet)
+    assert table.leases["e-1"].held_until == again + 10.0

@@ -359,3 +359,30 @@ def test_a_router_that_never_knew_an_unknown_instance_does_not_route_to_it() -> 
     endpoint = view.instances["a"].endpoint(joined_at=0.0)
     assert (endpoint.weight, endpoint.healthy) == (0, False)
     assert not view.instances["a"].failed, "unknown is not a failure: no last-resort routing"
+
+
+def test_a_chunked_snapshot_is_applied_once_whole() -> None:
+    view = RegistryView()
+    view.apply(_snapshot(_instance("old"), revision=3))
+    first = _snapshot(_instance("a"), revision=7)
+    first.snapshot_more = True
+    assert view.apply(first) == {}
+    # Nothing changes until the last chunk: a half snapshot must not drop "old".
+    assert set(view.instances) == {"old"}
+    middle = _event(pb.WatchEvent.KIND_SNAPSHOT, _instance("b"), revision=7)
+    middle.snapshot_more = True
+    view.apply(middle)
+    departures = view.apply(_event(pb.WatchEvent.KIND_SNAPSHOT, _instance("c"), revision=7))
+    assert set(view.instances) == {"a", "b", "c"}
+    assert set(departures) == {"old"}
+    assert view.revision == 7
+    assert [i.id for i in view.members("zh")] == ["a", "b", "c"]
+
+
+def test_a_snapshot_cut_short_by_a_new_one_starts_over() -> None:
+    view = RegistryView()
+    stale = _snapshot(_instance("a"), revision=7)
+    stale.snapshot_more = True
+    view.apply(stale)
+    view.apply(_snapshot(_instance("z"), revision=9))
+    assert set(view.instances) == {"z"}

@@ -30,7 +30,7 @@ def test_defaults() -> None:
     made = config()
     assert made.service == "speech"
     assert made.instance_id is None
-    assert (made.drain_timeout_s, made.reconnect_min_s, made.reconnect_max_s) == (30, 0.2, 5)
+    assert (made.drain_timeout_s, made.reconnect_min_s, made.reconnect_max_s) == (30, 0.1, 1.0)
     assert made.rpc_timeout_s == 5
 
 
@@ -60,7 +60,7 @@ def test_labels_are_copied_and_read_only() -> None:
         ("instance_id", "x" * 129),
         ("drain_timeout_s", -1),
         ("reconnect_min_s", 0),
-        ("reconnect_max_s", 0.1),
+        ("reconnect_max_s", 0.05),
         ("rpc_timeout_s", 0),
     ],
 )

@@ -20,6 +20,7 @@ class InstanceState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INSTANCE_STATE_STALLED: _ClassVar[InstanceState]
     INSTANCE_STATE_UNHEALTHY: _ClassVar[InstanceState]
     INSTANCE_STATE_UNKNOWN: _ClassVar[InstanceState]
+    INSTANCE_STATE_FLAPPING: _ClassVar[InstanceState]
 
 class EngineStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -34,6 +35,7 @@ INSTANCE_STATE_SWITCHING: InstanceState
 INSTANCE_STATE_STALLED: InstanceState
 INSTANCE_STATE_UNHEALTHY: InstanceState
 INSTANCE_STATE_UNKNOWN: InstanceState
+INSTANCE_STATE_FLAPPING: InstanceState
 ENGINE_STATUS_UNSPECIFIED: EngineStatus
 ENGINE_STATUS_SERVING: EngineStatus
 ENGINE_STATUS_DRAINING: EngineStatus
@@ -125,7 +127,7 @@ class Directive(_message.Message):
     def __init__(self, kind: _Optional[_Union[Directive.Kind, str]] = ..., model: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("service", "instance_id", "address", "weight", "capacity", "labels")
+    __slots__ = ("service", "instance_id", "address", "weight", "capacity", "labels", "secret")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -139,33 +141,39 @@ class RegisterRequest(_message.Message):
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
     service: str
     instance_id: str
     address: str
     weight: int
     capacity: int
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, service: _Optional[str] = ..., instance_id: _Optional[str] = ..., address: _Optional[str] = ..., weight: _Optional[int] = ..., capacity: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    secret: str
+    def __init__(self, service: _Optional[str] = ..., instance_id: _Optional[str] = ..., address: _Optional[str] = ..., weight: _Optional[int] = ..., capacity: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., secret: _Optional[str] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("instance", "heartbeat_interval", "ttl")
+    __slots__ = ("instance", "heartbeat_interval", "ttl", "secret")
     INSTANCE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     TTL_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
     instance: Instance
     heartbeat_interval: _duration_pb2.Duration
     ttl: _duration_pb2.Duration
-    def __init__(self, instance: _Optional[_Union[Instance, _Mapping]] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    secret: str
+    def __init__(self, instance: _Optional[_Union[Instance, _Mapping]] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., secret: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("instance_id", "load", "status")
+    __slots__ = ("instance_id", "load", "status", "secret")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     load: Load
     status: EngineStatus
-    def __init__(self, instance_id: _Optional[str] = ..., load: _Optional[_Union[Load, _Mapping]] = ..., status: _Optional[_Union[EngineStatus, str]] = ...) -> None: ...
+    secret: str
+    def __init__(self, instance_id: _Optional[str] = ..., load: _Optional[_Union[Load, _Mapping]] = ..., status: _Optional[_Union[EngineStatus, str]] = ..., secret: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("directive",)
@@ -174,10 +182,12 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, directive: _Optional[_Union[Directive, _Mapping]] = ...) -> None: ...
 
 class DeregisterRequest(_message.Message):
-    __slots__ = ("instance_id",)
+    __slots__ = ("instance_id", "secret")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
-    def __init__(self, instance_id: _Optional[str] = ...) -> None: ...
+    secret: str
+    def __init__(self, instance_id: _Optional[str] = ..., secret: _Optional[str] = ...) -> None: ...
 
 class DeregisterResponse(_message.Message):
     __slots__ = ()
@@ -192,7 +202,7 @@ class WatchRequest(_message.Message):
     def __init__(self, service: _Optional[str] = ..., alias: _Optional[str] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
-    __slots__ = ("kind", "revision", "instances", "aliases", "tenants")
+    __slots__ = ("kind", "revision", "instances", "aliases", "tenants", "snapshot_more")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[WatchEvent.Kind]
@@ -210,12 +220,14 @@ class WatchEvent(_message.Message):
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
     TENANTS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_MORE_FIELD_NUMBER: _ClassVar[int]
     kind: WatchEvent.Kind
     revision: int
     instances: _containers.RepeatedCompositeFieldContainer[Instance]
     aliases: _containers.RepeatedCompositeFieldContainer[Alias]
     tenants: _containers.RepeatedCompositeFieldContainer[TenantRoute]
-    def __init__(self, kind: _Optional[_Union[WatchEvent.Kind, str]] = ..., revision: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., aliases: _Optional[_Iterable[_Union[Alias, _Mapping]]] = ..., tenants: _Optional[_Iterable[_Union[TenantRoute, _Mapping]]] = ...) -> None: ...
+    snapshot_more: bool
+    def __init__(self, kind: _Optional[_Union[WatchEvent.Kind, str]] = ..., revision: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., aliases: _Optional[_Iterable[_Union[Alias, _Mapping]]] = ..., tenants: _Optional[_Iterable[_Union[TenantRoute, _Mapping]]] = ..., snapshot_more: _Optional[bool] = ...) -> None: ...
 
 class ResolveRequest(_message.Message):
     __slots__ = ("alias", "tenant", "lang")
@@ -238,18 +250,24 @@ class ResolveResponse(_message.Message):
     def __init__(self, alias: _Optional[str] = ..., revision: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ...) -> None: ...
 
 class ListInstancesRequest(_message.Message):
-    __slots__ = ("service",)
+    __slots__ = ("service", "page_size", "page_token")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     service: str
-    def __init__(self, service: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, service: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListInstancesResponse(_message.Message):
-    __slots__ = ("revision", "instances")
+    __slots__ = ("revision", "instances", "next_page_token")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     revision: int
     instances: _containers.RepeatedCompositeFieldContainer[Instance]
-    def __init__(self, revision: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, revision: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Alias(_message.Message):
     __slots__ = ("name", "selector", "service")
