@@ -73,6 +73,22 @@ class RouterConfig:
     data_path: DataPath = "relay"
     """grpc: the grpc.aio proxy; relay: the HTTP/2 frame relay (about half the CPU a call)."""
     log_level: str = "warning"
+    stream_buffer_bytes: int = 1 << 20
+    """Relay: bytes buffered per stream and direction (the HTTP/2 stream window granted)."""
+    connection_buffer_bytes: int = 4 << 20
+    """Relay: output queued per connection before its streams stop being fed and credited."""
+    max_resets_per_s: float = 100.0
+    """Relay: stream resets per second a caller may send (10 s bursts), then GOAWAY."""
+    max_control_frames_per_s: float = 1000.0
+    """Relay: SETTINGS, PING, PRIORITY, empty DATA/CONTINUATION per second (10 s bursts)."""
+    handshake_timeout_s: float = 10.0
+    """Relay: longest wait for a caller's HTTP/2 preface and first SETTINGS."""
+    idle_timeout_s: float = 300.0
+    """Relay: a caller connection without a stream this long is closed."""
+    max_connections: int = 10_000
+    """Relay: caller connections held at once; more are closed when accepted."""
+    engine_streams_per_connection: int = 100
+    """Relay: streams on one engine connection before another is opened."""
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -211,6 +227,27 @@ OPTIONS: tuple[Option, ...] = (
        parse_choice(DATA_PATHS)),
     _o("log_level", "warning", "debug, info, warning or error",
        parse_choice(LOG_LEVELS)),
+    _o("stream_buffer_bytes", 1 << 20,
+       "relay: bytes buffered per stream and direction (the stream window granted)",
+       _whole(65_535, (1 << 31) - 1)),
+    _o("connection_buffer_bytes", 4 << 20,
+       "relay: output queued per connection before its streams are paused",
+       _whole(65_536, 1 << 30)),
+    _o("max_resets_per_s", 100.0,
+       "relay: stream resets a caller may send per second (10 s bursts), then GOAWAY",
+       _number(0, above=True)),
+    _o("max_control_frames_per_s", 1000.0,
+       "relay: SETTINGS/PING/PRIORITY/empty frames a peer may send per second (10 s bursts)",
+       _number(0, above=True)),
+    _o("handshake_timeout_s", 10.0, "relay: longest wait for a caller's preface and SETTINGS",
+       _number(0, above=True)),
+    _o("idle_timeout_s", 300.0, "relay: close a caller connection without a stream this long",
+       _number(0, above=True)),
+    _o("max_connections", 10_000, "relay: caller connections held at once",
+       _whole(1, 1_000_000)),
+    _o("engine_streams_per_connection", 100,
+       "relay: streams on one engine connection before another is opened",
+       _whole(1, 1_000_000)),
 )  # fmt: skip
 
 
@@ -223,6 +260,19 @@ FLAG_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("deadlines", ("default_deadline_s", "stream_first_response_s", "stream_idle_s")),
     ("TLS", ("tls_cert", "tls_key", "engine_ca", "engine_server_name")),
     ("process", ("processes", "log_level")),
+    (
+        "relay limits",
+        (
+            "stream_buffer_bytes",
+            "connection_buffer_bytes",
+            "max_resets_per_s",
+            "max_control_frames_per_s",
+            "handshake_timeout_s",
+            "idle_timeout_s",
+            "max_connections",
+            "engine_streams_per_connection",
+        ),
+    ),
 )
 """`router serve --help` shows the flags in these groups; every option is in one."""
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -290,6 +340,14 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> RouterConfi
             f"--ejection-max-s: must be at least --ejection-base-s "
             f"({values['ejection_base_s']:g}), got {values['ejection_max_s']:g}"
         )
-    int_fields = ("max_attempts", "max_message_bytes", "processes")
+    int_fields = (
+        "max_attempts",
+        "max_message_bytes",
+        "processes",
+        "stream_buffer_bytes",
+        "connection_buffer_bytes",
+        "max_connections",
+        "engine_streams_per_connection",
+    )
     fields: dict[str, Any] = {k: int(v) if k in int_fields else v for k, v in values.items()}
     return RouterConfig(**fields)

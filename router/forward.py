@@ -16,12 +16,10 @@ import grpc
 from router.channels import ChannelPool
 from router.endpoint import Endpoint
 from router.metadata import Metadata, answer_metadata
-from router.retry import Failure, RetryBudget, RetryPolicy, classify
+from router.retry import Failure, RetryBudget, RetryPolicy, Verdict, classify, decide
 from router.table import RoutingTable
 
 _NONE: frozenset[str] = frozenset()
-_MIN_ATTEMPT_S = 0.001
-"""A retry needs at least this much of the caller's deadline left."""
 
 
 class ForwardMetrics(Protocol):
@@ -32,6 +30,8 @@ class ForwardMetrics(Protocol):
     def budget_exhausted(self, alias: str) -> None: ...
 
     def failed(self, code: str) -> None: ...
+
+    def called(self, method: str, seconds: float) -> None: ...
 
 
 class _NoMetrics:
@@ -45,6 +45,9 @@ class _NoMetrics:
         pass
 
     def failed(self, code: str) -> None:
+        pass
+
+    def called(self, method: str, seconds: float) -> None:
         pass
 
 
@@ -115,17 +118,16 @@ class Forwarder:
         code: grpc.StatusCode,
         attempts: int,
         time_left: float,
+        replayable: bool = True,
     ) -> bool:
-        """Eject if the failure says so; True when the call may be tried again elsewhere."""
-        if self.policy.ejects(failure, code):
+        """Act on `retry.decide`: eject if it says so; True when the call may be tried
+        again elsewhere (and the budget allows it)."""
+        decision = decide(self.policy, method, failure, code, attempts, time_left, replayable)
+        if decision.eject:
             self.table.report_failure(alias, endpoint.id)
-        if not self.policy.retryable(method, failure, code):
+        if decision.verdict is Verdict.GIVE_UP:
             return False
-        if attempts >= self.policy.max_attempts or time_left < _MIN_ATTEMPT_S:
-            return False
-        # A connect failure cost no engine anything, so retrying it cannot amplify
-        # an outage: only retries of calls that may have reached an engine are budgeted.
-        if failure is not Failure.CONNECT and not self.budget.try_spend():
+        if decision.budgeted and not self.budget.try_spend():
             self.metrics.budget_exhausted(alias)
             return False
         self.metrics.retried(alias, failure.value)

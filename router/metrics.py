@@ -15,6 +15,21 @@ from prometheus_client.registry import Collector
 
 from router.table import PoolStatus
 
+REFUSAL_REASONS = (
+    "rapid_reset",
+    "control_flood",
+    "handshake_timeout",
+    "idle_timeout",
+    "max_connections",
+    "slow_reader",
+    "malformed",
+    "content_type",
+    "stream_closed",
+)
+"""The bounded `reason` label of `tidepool_router_refusals_total` (the relay's per-peer budgets)."""
+MAX_METHODS = 64
+"""Distinct `method` labels of `tidepool_router_call_seconds`; the rest count as `OTHER_METHOD`."""
+OTHER_METHOD = "other"
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
@@ -81,6 +96,23 @@ class RouterMetrics:
             "tidepool_router_last_resort_entered", "Times a pool fell back to last resort",
             ["alias"], registry=r,
         )  # fmt: skip
+        self._refusals = Counter(
+            "tidepool_router_refusals",
+            "Relay connections or streams refused for breaking a per-peer budget, by reason",
+            ["reason"],
+            registry=r,
+        )
+        for reason in REFUSAL_REASONS:  # every series from the start: rate() sees the first one
+            self._refusals.labels(reason)
+        self._calls = Histogram(
+            "tidepool_router_call_seconds",
+            "Time from a caller's request to its final status, retries included, by method"
+            f" (the first {MAX_METHODS} methods seen; later ones as {OTHER_METHOD!r})",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._calls_by_method: dict[str, Histogram] = {}
         self._answered: dict[tuple[str, str, str], Counter] = {}
         self._ejection_labels: set[tuple[str, str, str]] = set()
         self._latency_by_alias: dict[str, Histogram] = {}
@@ -128,6 +160,17 @@ class RouterMetrics:
             histogram = self._latency_by_alias[alias] = self._latency.labels(alias)
         histogram.observe(seconds)
 
+    def called(self, method: str, seconds: float) -> None:
+        """One caller's call ended (any status): its whole time, retries included."""
+        histogram = self._calls_by_method.get(method)
+        if histogram is None:
+            if len(self._calls_by_method) >= MAX_METHODS:  # callers choose the name: bound it
+                method = OTHER_METHOD
+                histogram = self._calls_by_method.get(method)
+            if histogram is None:
+                histogram = self._calls_by_method[method] = self._calls.labels(method)
+        histogram.observe(seconds)
+
     def retried(self, alias: str, reason: str) -> None:
         self._retries.labels(alias, reason).inc()
 
@@ -136,6 +179,10 @@ class RouterMetrics:
 
     def failed(self, code: str) -> None:
         self._errors.labels(code).inc()
+
+    def refused(self, reason: str) -> None:
+        """The relay refused a connection or a stream (`router.relay.limits.REFUSAL_REASONS`)."""
+        self._refusals.labels(reason).inc()
 
     # ---- the table ---------------------------------------------------------
 
@@ -161,13 +208,20 @@ class _PoolCollector(Collector):
         self._pools = pools
 
     def collect(self) -> Iterator[Metric]:
+        # Why the pool's size is a family of its own: as a state beside routable and
+        # ejected it was counted twice by sum(tidepool_router_endpoints).
+        size = GaugeMetricFamily(
+            "tidepool_router_pool_endpoints", "Instances per pool, whatever their state",
+            labels=["alias"],
+        )  # fmt: skip
         family = GaugeMetricFamily(
             "tidepool_router_endpoints",
-            "Instances per pool: all, routable per the registry, and ejected here",
+            "Instances per pool: routable per the registry, and ejected here",
             labels=["alias", "state"],
         )
         for pool in self._pools():
-            family.add_metric([pool.alias, "all"], pool.endpoints)
+            size.add_metric([pool.alias], pool.endpoints)
             family.add_metric([pool.alias, "routable"], pool.routable)
             family.add_metric([pool.alias, "ejected"], len(pool.ejected))
+        yield size
         yield family

@@ -8,6 +8,7 @@ once per method name and cached (bounded), since grpc asks for one per call.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection
 from typing import Any
 
@@ -64,6 +65,13 @@ class ProxyHandler(grpc.GenericRpcHandler):
         return grpc.stream_stream_rpc_method_handler(stream)
 
     async def _unary(self, method: str, request: bytes, context: Any) -> bytes:
+        began = time.monotonic()
+        try:
+            return await self._unary_call(method, request, context)
+        finally:
+            self._forwarder.metrics.called(method, time.monotonic() - began)
+
+    async def _unary_call(self, method: str, request: bytes, context: Any) -> bytes:
         routed = split_metadata(context.invocation_metadata())
         timeout = context.time_remaining()
         if timeout is None or timeout > NO_DEADLINE_S:
@@ -80,6 +88,13 @@ class ProxyHandler(grpc.GenericRpcHandler):
         return answer.response
 
     async def _stream(self, method: str, context: Any) -> None:
+        began = time.monotonic()
+        try:
+            await self._stream_call(method, context)
+        finally:
+            self._forwarder.metrics.called(method, time.monotonic() - began)
+
+    async def _stream_call(self, method: str, context: Any) -> None:
         routed = split_metadata(context.invocation_metadata())
         timeout = context.time_remaining()
         if timeout is not None and timeout > NO_DEADLINE_S:

@@ -89,6 +89,52 @@ class RetryPolicy:
         return failure is not Failure.ANSWERED or code is grpc.StatusCode.UNAVAILABLE
 
 
+class Verdict(Enum):
+    RETRY = "retry"
+    GIVE_UP = "give_up"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do after a failed attempt (`decide`)."""
+
+    verdict: Verdict
+    eject: bool
+    """Report the engine to passive ejection."""
+    budgeted: bool
+    """A retry that must draw on the retry budget (one that may have reached an engine)."""
+
+
+MIN_ATTEMPT_S = 0.001
+"""Less of the caller's deadline than this left: no new attempt."""
+
+
+def decide(
+    policy: RetryPolicy,
+    method: str,
+    failure: Failure,
+    code: grpc.StatusCode,
+    attempts: int,
+    time_left_s: float,
+    replayable: bool,
+) -> Decision:
+    """The one retry decision every data path uses: retry, eject, or give up. Pure.
+
+    `replayable`: the router still holds everything the attempt was sent and the
+    caller has seen nothing of its answer. Why a connect failure is not budgeted:
+    it cost no engine anything, so retrying it cannot amplify an outage.
+    """
+    eject = policy.ejects(failure, code)
+    if (
+        not replayable
+        or not policy.retryable(method, failure, code)
+        or attempts >= policy.max_attempts
+        or time_left_s < MIN_ATTEMPT_S
+    ):
+        return Decision(Verdict.GIVE_UP, eject, budgeted=False)
+    return Decision(Verdict.RETRY, eject, budgeted=failure is not Failure.CONNECT)
+
+
 class RetryBudget:
     """Retries allowed: `ratio` of the calls of the last `window_s`, plus a reserve.
 

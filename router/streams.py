@@ -29,6 +29,8 @@ from router.retry import classify
 _NONE: frozenset[str] = frozenset()
 WATCH_S = 0.25
 """How often a stream's timers are looked at."""
+READ_AHEAD_S = 0.05
+"""Longest wait for a caller's half-close before an engine whose answer was lost is asked again."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class _Exchange:
         self.last_activity = time.monotonic()
         self.attached = asyncio.Event()
         """Set when `call` is ready for the pump to write to."""
+        self.read_ahead = asyncio.Event()
+        """Set once the pump, its attempt ended, has read what the caller sent next."""
 
 
 class StreamForwarder:
@@ -78,27 +82,30 @@ class StreamForwarder:
         deadline = None if timeout is None else time.monotonic() + timeout
         exclude = _NONE
         attempts = 0
+        asked_again = again = False
         try:
             while True:
-                alias, endpoint = fwd.pick(aliases, exclude)
-                attempts += 1
+                if not again:
+                    alias, endpoint = fwd.pick(aliases, exclude)
+                    attempts += 1
                 left = None if deadline is None else deadline - time.monotonic()
-                call = fwd.channels.stream(endpoint.address, method)(
-                    timeout=left, metadata=metadata
-                )
+                call = self._call(endpoint.address, method, exchange, left, metadata, again)
+                again = False
                 exchange.call = call
                 fwd.table.in_flight[endpoint.id] = fwd.table.in_flight.get(endpoint.id, 0) + 1
                 started = time.monotonic()
                 try:
-                    if exchange.first is not None:
-                        await call.write(exchange.first)
-                    if exchange.half_closed:
-                        await call.done_writing()
+                    await self._send_held(exchange, call)
                     exchange.attached.set()
                     code = await self._pump_down(exchange, endpoint.id)
                 finally:
                     exchange.attached.clear()
                     fwd.table.in_flight[endpoint.id] -= 1
+                if not asked_again and await _status_lost(call, code, exchange):
+                    asked_again = again = True  # the same engine, not a retry: `_status_lost`
+                    with contextlib.suppress(TimeoutError):  # a unary caller's half-close
+                        await asyncio.wait_for(exchange.read_ahead.wait(), READ_AHEAD_S)
+                    continue
                 fwd.metrics.answered(alias, endpoint.id, code.name, time.monotonic() - started)
                 initial: Metadata = ()
                 if exchange.responses == 0:  # headers not relayed with a message yet
@@ -113,13 +120,9 @@ class StreamForwarder:
                 failure = classify(code, details, exchange.responses > 0)
                 safe = exchange.responses == 0 and exchange.sent <= 1
                 left = float("inf") if deadline is None else deadline - time.monotonic()
-                if safe and fwd.after_failure(
-                    method, alias, endpoint, failure, code, attempts, left
-                ):
+                if fwd.after_failure(method, alias, endpoint, failure, code, attempts, left, safe):
                     exclude = exclude | {endpoint.id}
                     continue
-                if not safe and fwd.policy.ejects(failure, code):
-                    fwd.table.report_failure(alias, endpoint.id)
                 trailing = answer_metadata(await call.trailing_metadata())
                 raise ForwardError(code, details or "", trailing, endpoint.id, initial)
         finally:
@@ -129,12 +132,44 @@ class StreamForwarder:
             if exchange.call is not None:
                 exchange.call.cancel()
 
+    def _call(
+        self,
+        address: str,
+        method: str,
+        exchange: _Exchange,
+        timeout: float | None,
+        metadata: Metadata,
+        one_batch: bool,
+    ) -> Any:
+        """A new attempt's call; with `one_batch`, a caller that sent one message and
+        half-closed is asked in a single batch (unary-stream), so no write can race
+        the engine's answer."""
+        if one_batch and exchange.half_closed and exchange.first is not None:
+            channel = self._forwarder.channels.channel(address)
+            return channel.unary_stream(method)(exchange.first, timeout=timeout, metadata=metadata)
+        return self._forwarder.channels.stream(address, method)(timeout=timeout, metadata=metadata)
+
+    @staticmethod
+    async def _send_held(exchange: _Exchange, call: Any) -> None:
+        """Resend what an earlier attempt was sent; the call's status tells any failure."""
+        if not hasattr(call, "write"):
+            return  # a unary-stream call carries its one message
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            if exchange.first is not None:
+                await call.write(exchange.first)
+            if exchange.half_closed:
+                await call.done_writing()
+
     async def _pump_up(self, exchange: _Exchange) -> None:
         """Caller → engine. Keeps the first message so an early retry can resend it."""
         context = exchange.context
+        ahead: Any = None
         while True:
-            message = await context.read()
-            exchange.last_activity = time.monotonic()
+            if ahead is None:
+                message = await context.read()
+                exchange.last_activity = time.monotonic()
+            else:
+                message, ahead = ahead, None
             await exchange.attached.wait()
             call = exchange.call
             try:
@@ -151,11 +186,25 @@ class StreamForwarder:
                 # message and the half-close itself, and we carry on with the next call.
                 if exchange.sent > 1:
                     return
-                while exchange.call is call:
-                    exchange.attached.clear()
-                    await exchange.attached.wait()
+                ahead = await self._next_attempt(exchange, call)
                 if exchange.half_closed:
                     return
+
+    @staticmethod
+    async def _next_attempt(exchange: _Exchange, call: Any) -> Any:
+        """Wait for the next attempt's call; what the caller sent meanwhile (or None)."""
+        ahead: Any = None
+        if not exchange.half_closed:
+            # Read ahead: a caller that has half-closed is asked again in one
+            # batch (see `_status_lost`); a message waits for the next call.
+            ahead = await exchange.context.read()
+            if ahead is grpc.aio.EOF:
+                exchange.half_closed = True
+            exchange.read_ahead.set()
+        while exchange.call is call:
+            exchange.attached.clear()
+            await exchange.attached.wait()
+        return ahead
 
     async def _pump_down(self, exchange: _Exchange, instance: str) -> grpc.StatusCode:
         """Engine → caller, under the first-response and idle timers; the final status."""
@@ -203,3 +252,22 @@ class StreamForwarder:
                 await context.write(message)
         except grpc.aio.AioRpcError:
             return  # the status is read from the call
+
+
+CORE_INTERNAL = "Internal error from Core"
+"""What grpc's client reports when a write meets a call its engine already ended."""
+
+
+async def _status_lost(call: Any, code: grpc.StatusCode, exchange: _Exchange) -> bool:
+    """Whether grpc's client replaced the engine's status with its own INTERNAL.
+
+    Why: an engine may answer (UNIMPLEMENTED, say) as soon as it sees the headers;
+    the router's write of the first message then meets a finished call, and grpc's
+    client reports INTERNAL instead of the engine's status (a client race, about 8 %
+    of calls to an unimplemented method). The engine never saw that message, so
+    asking the same engine again, in one batch, is safe and gives its real answer.
+    """
+    if code is not grpc.StatusCode.INTERNAL or exchange.responses or exchange.sent > 1:
+        return False
+    details: str | None = await call.details()
+    return details == CORE_INTERNAL

@@ -27,6 +27,7 @@ from router.relay.frames import (
     SendWindow,
     Settings,
 )
+from router.relay.limits import RateBudget, RelayLimits
 from router.relay.stream import CONNECTION_LOST, Flusher, Stream, StreamHandler
 
 __all__ = ["CONNECTION_LOST", "Connection", "Flusher", "Stream", "StreamHandler"]
@@ -37,10 +38,39 @@ log = logging.getLogger(__name__)
 class Connection(asyncio.Protocol):
     """An HTTP/2 connection; `client_side` when we opened it (to an engine)."""
 
-    def __init__(self, flusher: Flusher, settings: Settings, *, client_side: bool) -> None:
+    def __init__(
+        self,
+        flusher: Flusher,
+        settings: Settings,
+        *,
+        client_side: bool,
+        limits: RelayLimits | None = None,
+        on_refused: Callable[[str], None] | None = None,
+    ) -> None:
         self.flusher = flusher
         self.settings = settings
         self.client_side = client_side
+        self.limits = limits or RelayLimits()
+        self.on_refused = on_refused
+        """Told the reason each time a per-peer budget closes this connection or a stream."""
+        now = time.monotonic()
+        self.made_at = now
+        self.idle_since = now
+        """When this connection last had no stream (kept current by the server's sweep)."""
+        self.handshaken = client_side
+        """A caller's connection: once its preface and first SETTINGS arrived."""
+        self.paused = False
+        """The transport's buffer is over `connection_buffer_bytes`: streams are not fed."""
+        self.credit_on_receipt = client_side
+        """Engine connections return connection window as DATA arrives, so one stalled
+        caller holds only its own stream's window, never the window every caller shares."""
+        self.grow_to = self.limits.stream_buffer_bytes if client_side else 0
+        """Engine streams start with a small window that grows while the caller reads."""
+        self._resets = RateBudget(self.limits.max_resets_per_s, now)
+        self._control = RateBudget(self.limits.max_control_frames_per_s, now)
+        self._out_size = 0
+        self._starved = False
+        self._deferred: list[Callable[[], None]] = []
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, Stream] = {}
         self.decoder = Decoder(max_header_list_size=settings.max_header_list_size)
@@ -52,6 +82,8 @@ class Connection(asyncio.Protocol):
         self.goaway_received: int | None = None
         self.goaway_sent = False
         self.closed = False
+        self.closing = False
+        """Closed or aborted by us, `connection_lost` yet to come."""
         self.last_received = time.monotonic()
         self.ping_sent: float | None = None
         """When our keepalive PING went out, until its ACK (see `upstream`)."""
@@ -65,6 +97,7 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self.transport.set_write_buffer_limits(high=self.limits.connection_buffer_bytes)
         if self.client_side:
             self._out.append(f.PREFACE)
         self._out.extend(self.settings.frames(self.client_side))
@@ -84,10 +117,37 @@ class Connection(asyncio.Protocol):
         if self._out and self.transport is not None and not self.closed:
             data = b"".join(self._out)
             self._out.clear()
+            self._out_size = 0
             self.transport.write(data)
+            # Streams stop at the limit (plus a frame); only control frames (PING and
+            # SETTINGS ACKs, WINDOW_UPDATE, RST_STREAM) go on, so a buffer three times
+            # over means a peer that keeps talking but never reads.
+            if self.transport.get_write_buffer_size() > 3 * self.limits.connection_buffer_bytes:
+                self.refused("slow_reader")
+                self.abort("the peer reads nothing of what it asks for")
+            elif self._starved and not self.paused:
+                self._starved = False
+                self._drain_all()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if not self.closed:
+            self._drain_all()
+
+    def refused(self, reason: str) -> None:
+        if self.on_refused is not None:
+            self.on_refused(reason)
+
+    def defer(self, action: Callable[[], None]) -> None:
+        """Run `action` once every frame of the current read is handled (see `data_received`)."""
+        self._deferred.append(action)
 
     def write(self, data: bytes) -> None:
         self._out.append(data)
+        self._out_size += len(data)
         self.flusher.mark(self)
 
     def fail(self, code: int, message: str) -> None:
@@ -97,6 +157,7 @@ class Connection(asyncio.Protocol):
         self.close()
 
     def close(self) -> None:
+        self.closing = True
         self.flush()
         if self.transport is not None:
             self.transport.close()
@@ -109,6 +170,7 @@ class Connection(asyncio.Protocol):
     def abort(self, message: str) -> None:
         """Drop the connection without flushing: the peer is gone, writes would only queue."""
         log.info("relay: dropping an HTTP/2 connection: %s", message)
+        self.closing = True
         if self.transport is not None:
             self.transport.abort()
 
@@ -123,10 +185,18 @@ class Connection(asyncio.Protocol):
         try:
             self._receive(data)
         except ProtocolError as error:
+            if error.reason is not None:
+                self.refused(error.reason)
             self.fail(error.code, str(error))
         except Exception:  # a bug must cost one connection, never the process
             log.exception("relay: unexpected error on an HTTP/2 connection")
             self.fail(f.INTERNAL_ERROR, "internal error")
+        # Why calls start only now: a request reset in the same read (rapid reset)
+        # never costs an engine stream.
+        deferred, self._deferred = self._deferred, []
+        if not self.closing:
+            for action in deferred:
+                action()
         self.flusher.flush()
 
     def _receive(self, data: bytes) -> None:
@@ -152,6 +222,13 @@ class Connection(asyncio.Protocol):
         kind, flags, sid, payload = item
         if self._block is not None and kind != f.CONTINUATION:
             raise ProtocolError(f.PROTOCOL_ERROR, "header block interrupted")
+        if not self.handshaken:
+            if kind != f.SETTINGS or flags & f.ACK:
+                raise ProtocolError(f.PROTOCOL_ERROR, "the first frame must be SETTINGS")
+            self.handshaken = True
+        costly = (kind > f.HEADERS or not payload) and _costs_work(kind, flags, payload)
+        if costly and not self._control.spend(time.monotonic()):  # DATA, HEADERS: no call
+            raise ProtocolError(f.ENHANCE_YOUR_CALM, "too many control frames", "control_flood")
         if kind == f.DATA:
             self._on_data(sid, flags, payload)
         elif kind == f.HEADERS:
@@ -186,11 +263,16 @@ class Connection(asyncio.Protocol):
         if not sid:
             raise ProtocolError(f.PROTOCOL_ERROR, "DATA on stream 0")
         self.recv_window.receive(len(payload))
+        if self.credit_on_receipt:
+            self._credit_connection(len(payload))
         stream = self.streams.get(sid)
         if stream is None or stream.remote_done:
             if self._idle(sid):
                 raise ProtocolError(f.PROTOCOL_ERROR, f"DATA on idle stream {sid}")
-            self._credit_connection(len(payload))  # a stream we already closed
+            if not self.credit_on_receipt:
+                self._credit_connection(len(payload))  # a stream we already closed
+            if stream is not None:
+                self._stream_closed(stream)
             return
         stream.recv.receive(len(payload))
         data = f.strip_padding(payload, flags, f.DATA)
@@ -236,7 +318,9 @@ class Connection(asyncio.Protocol):
             raise ProtocolError(f.COMPRESSION_ERROR, f"bad header block: {error}") from None
         end = bool(flags & f.END_STREAM)
         stream = self.streams.get(sid)
-        if stream is not None:
+        if stream is not None and stream.remote_done:
+            self._stream_closed(stream)
+        elif stream is not None:
             if end:
                 stream.remote_done = True
             stream.handler.on_headers(stream, headers, end)
@@ -286,6 +370,8 @@ class Connection(asyncio.Protocol):
         self._drain_all()
 
     def _on_rst(self, sid: int, code: int) -> None:
+        if not self.client_side and not self._resets.spend(time.monotonic()):
+            raise ProtocolError(f.ENHANCE_YOUR_CALM, "too many stream resets", "rapid_reset")
         stream = self.streams.pop(sid, None)
         if stream is None:
             if self._idle(sid):
@@ -312,6 +398,7 @@ class Connection(asyncio.Protocol):
             and self.goaway_received is None
             and not self.goaway_sent
             and len(self.streams) < self.peer.max_streams
+            and len(self.streams) < self.limits.engine_streams_per_connection
             and self.next_stream_id < f.MAX_STREAM_ID
         )
 
@@ -329,7 +416,9 @@ class Connection(asyncio.Protocol):
         self._write_headers(stream, block, end)
 
     def _write_headers(self, stream: Stream, block: bytes, end: bool) -> None:
-        self._out.extend(f.header_frames(stream.id, block, end, self.peer.max_frame))
+        for frame in f.header_frames(stream.id, block, end, self.peer.max_frame):
+            self._out.append(frame)
+            self._out_size += len(frame)
         self.flusher.mark(self)
         if end:
             stream.local_done = True
@@ -347,7 +436,12 @@ class Connection(asyncio.Protocol):
 
     def _drain(self, stream: Stream) -> None:
         queue = stream.queue
+        limit = self.limits.connection_buffer_bytes
         while queue:
+            if self.paused or self._out_size >= limit:
+                self._blocked[stream.id] = stream  # resume_writing (or a flush) drains it
+                self._starved = True
+                break
             kind, payload, end = queue[0]
             if kind == f.HEADERS:
                 queue.pop(0)
@@ -367,10 +461,12 @@ class Connection(asyncio.Protocol):
             stream.send.available -= size
             self._out.append(f.data_header(size, f.END_STREAM if end else 0, stream.id))
             self._out.append(payload)
+            self._out_size += size + f.HEADER_SIZE
             if end:
                 stream.local_done = True
             stream.handler.on_sent(stream, size)
-        self._blocked.pop(stream.id, None)
+        else:
+            self._blocked.pop(stream.id, None)
         self.flusher.mark(self)
         if stream.local_done:
             self._maybe_forget(stream)
@@ -380,10 +476,11 @@ class Connection(asyncio.Protocol):
         if length <= 0:
             return
         if not stream.remote_done and self.streams.get(stream.id) is stream:
-            increment = stream.recv.release(length)
+            increment = stream.recv.release(length, self.grow_to)
             if increment:
                 self.write(f.window_update(stream.id, increment))
-        self._credit_connection(length)
+        if not self.credit_on_receipt:
+            self._credit_connection(length)
 
     def _credit_connection(self, length: int) -> None:
         increment = self.recv_window.release(length)
@@ -399,6 +496,12 @@ class Connection(asyncio.Protocol):
             self.write(f.rst_stream(stream.id, code))
             self._maybe_close_drained()
 
+    def _stream_closed(self, stream: Stream) -> None:
+        """A frame after the peer's END_STREAM: stream error STREAM_CLOSED (RFC 9113 §5.1)."""
+        self.refused("stream_closed")
+        self.reset(stream, f.STREAM_CLOSED)
+        stream.handler.on_reset(stream, f.STREAM_CLOSED, False)
+
     def _maybe_forget(self, stream: Stream) -> None:
         if stream.local_done and stream.remote_done and not stream.queue:
             if self.streams.get(stream.id) is stream:
@@ -410,3 +513,16 @@ class Connection(asyncio.Protocol):
         draining = self.goaway_sent or self.goaway_received is not None
         if draining and not self.streams and not self.closed:
             self.close()
+
+
+def _costs_work(kind: int, flags: int, payload: bytes) -> bool:
+    """A frame that asks work of us without carrying a request: what a flood is made of."""
+    if kind in (f.SETTINGS, f.PING):
+        return not flags & f.ACK
+    if kind == f.PRIORITY:
+        return True
+    if kind == f.DATA:
+        return not payload and not flags & f.END_STREAM
+    if kind == f.CONTINUATION:
+        return not payload and not flags & f.END_HEADERS
+    return False

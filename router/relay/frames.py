@@ -59,9 +59,11 @@ _SETTING = struct.Struct(">HL")
 class ProtocolError(Exception):
     """The peer broke HTTP/2: the connection ends with GOAWAY(`code`)."""
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.reason = reason
+        """A refusal reason (`router.metrics.REFUSAL_REASONS`) when a per-peer budget ran out."""
 
 
 class Frame(NamedTuple):
@@ -343,11 +345,20 @@ class RecvWindow:
                                 f"{self.available}")  # fmt: skip
         self.available -= length
 
-    def release(self, length: int) -> int:
-        """`length` bytes were passed on; the WINDOW_UPDATE increment to send now (or 0)."""
+    def release(self, length: int, grow_to: int = 0) -> int:
+        """`length` bytes were passed on; the WINDOW_UPDATE increment to send now (or 0).
+
+        With `grow_to`, each batch also doubles the window up to that size: a window
+        grows only while its bytes are taken, so a peer that takes none holds little.
+        """
         self.pending += length
         if self.pending < self.threshold:
             return 0
         increment, self.pending = self.pending, 0
+        if self.size < grow_to:
+            extra = min(self.size, grow_to - self.size)
+            self.size += extra
+            self.threshold = self.size // 2
+            increment += extra
         self.available += increment
         return increment

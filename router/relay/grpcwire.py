@@ -69,6 +69,58 @@ def parse_request(
     return path, alias, tenant, lang, timeout, forward
 
 
+_REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
+_CONNECTION_SPECIFIC = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+
+
+def check_request(headers: list[Header]) -> tuple[str, str] | None:  # noqa: C901 - a rule a line
+    """Why a request's header block is refused: ("malformed" | "content_type", message), or None.
+
+    RFC 9113 §8.1.1 and §8.3.1 (pseudo-headers once each, first, only the request
+    ones; lowercase names; no connection-specific fields; `te` only "trailers")
+    and the gRPC spec (POST, content-type application/grpc…).
+    """
+    seen: set[bytes] = set()
+    regular = False
+    content_type = method = path = b""
+    for key, value in headers:
+        if not key.islower() and key != key.lower():  # islower: no cased letter is upper
+            return "malformed", f"uppercase header name {key!r}"
+        if key[:1] == b":":
+            if regular or key not in _REQUEST_PSEUDO or key in seen:
+                return "malformed", f"misplaced, unknown or repeated pseudo-header {key!r}"
+            seen.add(key)
+            if key == b":method":
+                method = value
+            elif key == b":path":
+                path = value
+            continue
+        regular = True
+        if key in _CONNECTION_SPECIFIC or (key == b"te" and value != b"trailers"):
+            return "malformed", f"connection-specific header {key!r}"
+        if key == b"content-type":
+            content_type = value
+    if not {b":method", b":scheme", b":path"} <= seen:
+        return "malformed", "a request needs :method, :scheme and :path"
+    if method != b"POST" or not path:
+        return "malformed", "gRPC requests are POST to a non-empty :path"
+    if content_type != b"application/grpc" and not content_type.startswith(
+        (b"application/grpc+", b"application/grpc;")
+    ):
+        return "content_type", f"content-type {content_type!r} is not gRPC"
+    return None
+
+
+def check_trailers(headers: list[Header]) -> str | None:
+    """Why a request's trailer block is malformed (a pseudo-header, an uppercase name), or None."""
+    for key, _ in headers:
+        if key.startswith(b":") or key != key.lower():
+            return f"header {key!r} in trailers"
+    return None
+
+
 def message(payload: bytes) -> bytes:
     """One uncompressed gRPC message: prefix and payload."""
     return b"\x00" + len(payload).to_bytes(4, "big") + payload

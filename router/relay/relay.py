@@ -12,6 +12,7 @@ after initial metadata could not be retried once the caller saw them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,14 @@ from router.relay import frames as f
 from router.relay import health
 from router.relay.connection import CONNECTION_LOST, Connection, Stream
 from router.relay.frames import Header
-from router.relay.grpcwire import MessageMeter, grpc_status, parse_request, status_block
+from router.relay.grpcwire import (
+    MessageMeter,
+    check_request,
+    check_trailers,
+    grpc_status,
+    parse_request,
+    status_block,
+)
 from router.relay.upstream import CONNECT_TIMEOUT_S, UpstreamPool
 from router.relay.watchdog import StreamWatchdog
 from router.retry import Failure, classify
@@ -35,6 +43,7 @@ if TYPE_CHECKING:
 BUFFER_LIMIT_BYTES = 1 << 20
 """Request bytes kept for a retry; a longer request is not retried once sent."""
 NO_DEADLINE = 1e18
+log = logging.getLogger(__name__)
 
 
 class Relay:
@@ -45,6 +54,8 @@ class Relay:
         self.table = core.table
         self.forwarder = core.forwarder
         self.metrics = core.forwarder.metrics
+        self.refused = core.metrics.refused
+        """Counts a refusal for a broken per-peer budget (`router.relay.limits`)."""
         self.pool = pool
         self.unary = frozenset(core.config.unary_methods)
         self.idempotent = frozenset(core.forwarder.policy.idempotent_methods)
@@ -52,13 +63,33 @@ class Relay:
         self.stream_timeouts = core.config.stream_timeouts()
         self.serving = False
         """What grpc.health.v1.Health/Check answers (the frontend sets it)."""
+        self.watchers = health.Watchers()
         self.tasks: set[asyncio.Task[None]] = set()
 
     def open_call(self, stream: Stream, headers: list[Header], end: bool) -> None:
-        RelayCall(self, stream, end).start(headers)
+        problem = check_request(headers)
+        if problem is None:
+            RelayCall(self, stream, end).start(headers)
+            return
+        reason, message = problem
+        self.refused(reason)
+        conn = stream.conn
+        if reason == "content_type":  # the gRPC spec's answer to a request that is not gRPC
+            conn.send_headers(stream, f.encode_headers([(b":status", b"415")]), True)
+            if not end:
+                conn.reset(stream, f.NO_ERROR)
+        else:  # malformed (RFC 9113 §8.1.1): a stream error, the connection goes on
+            log.info("relay: refusing a malformed request: %s", message)
+            conn.reset(stream, f.PROTOCOL_ERROR)
 
     def is_serving(self) -> bool:
         return self.serving
+
+    def set_serving(self, serving: bool) -> None:
+        """Health/Check's answer from now on; every Health/Watch is told of a change."""
+        if serving != self.serving:
+            self.serving = serving
+            self.watchers.changed(serving)
 
     def spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
@@ -74,6 +105,7 @@ class RelayCall:
         self.client = client
         self.loop = asyncio.get_running_loop()
         self.method = ""
+        self.began = 0.0
         self.aliases: tuple[str, ...] = ()
         self.block = b""
         self.deadline = NO_DEADLINE
@@ -109,9 +141,11 @@ class RelayCall:
             self.client.conn.reset(self.client, f.PROTOCOL_ERROR)
             return
         if path.startswith(health.PREFIX):
-            health.HealthCall(self.client, path, self.r.is_serving).start(self.request_done)
+            call = health.HealthCall(self.client, path, self.r.is_serving, self.r.watchers)
+            call.start(self.request_done)
             return
         self.method = path.decode(errors="replace")
+        self.began = time.monotonic()
         unary = self.method in self.r.unary
         if timeout is None and unary:
             timeout = self.r.core.config.default_deadline_s
@@ -130,7 +164,11 @@ class RelayCall:
             if self.request_done:
                 self.watchdog.caller_sent()
         self.r.forwarder.budget.deposit()
-        self.attempt()
+        self.client.conn.defer(self.first_attempt)  # not for a request reset in the same read
+
+    def first_attempt(self) -> None:
+        if not self.finished:
+            self.attempt()
 
     def attempt(self) -> None:
         try:
@@ -197,6 +235,14 @@ class RelayCall:
             self.on_trailers(headers, trailers_only)
 
     def on_request_trailers(self, headers: list[Header], end: bool) -> None:
+        if self.finished:
+            return
+        if not end or check_trailers(headers) is not None:  # malformed: a stream error
+            self.r.refused("malformed")
+            self.cancel_attempt("CANCELLED")
+            self.client.conn.reset(self.client, f.PROTOCOL_ERROR)
+            self.finish()
+            return
         self.request_done = self.request_done or end
         if end and self.watchdog is not None:
             self.watchdog.caller_sent()
@@ -295,11 +341,8 @@ class RelayCall:
         failure = classify(code, None, answered=not trailers_only)
         if code is grpc.StatusCode.OK:
             self.r.table.report_success(self.alias, endpoint.id)
-        elif not self.responded and self.replayable and self.request_done:
-            if self.retry_after(failure, code):
-                return
-        elif self.r.forwarder.policy.ejects(failure, code):
-            self.r.table.report_failure(self.alias, endpoint.id)
+        elif self.retry_after(failure, code, self.replayable and self.request_done):
+            return
         client = self.client
         if self.held is not None:
             self.send_response_headers(self.held)
@@ -310,13 +353,15 @@ class RelayCall:
             client.conn.reset(client, f.NO_ERROR)
         self.finish()
 
-    def retry_after(self, failure: Failure, code: grpc.StatusCode) -> bool:
-        """Eject if the policy says so; True when a new attempt was started."""
+    def retry_after(self, failure: Failure, code: grpc.StatusCode, replayable: bool) -> bool:
+        """`retry.decide` through the forwarder: eject if it says so; True when a new
+        attempt was started (never once the caller has seen any of the answer)."""
         endpoint = self.endpoint
         assert endpoint is not None
         left = self.deadline - self.loop.time()
+        replayable = replayable and not self.responded
         if not self.r.forwarder.after_failure(
-            self.method, self.alias, endpoint, failure, code, self.attempts, left
+            self.method, self.alias, endpoint, failure, code, self.attempts, left, replayable
         ):
             return False
         self.cancel_attempt(None)
@@ -336,11 +381,8 @@ class RelayCall:
                 self.exclude = self.exclude | {self.endpoint_id}
                 self.attempt()
                 return
-        elif self.replayable and not self.responded:
-            if self.retry_after(failure, code):
-                return
-        elif self.r.forwarder.policy.ejects(failure, code):
-            self.r.table.report_failure(self.alias, self.endpoint_id)
+        elif self.retry_after(failure, code, self.replayable):
+            return
         self.cancel_attempt(None)
         self.respond_error(code, message)
 
@@ -402,6 +444,8 @@ class RelayCall:
             return
         self.finished = True
         self.end_attempt()
+        if self.method:
+            self.r.metrics.called(self.method, time.monotonic() - self.began)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

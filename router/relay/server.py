@@ -8,18 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
+from router.relay import frames as f
 from router.relay.connection import Connection, Flusher
 from router.relay.frames import Settings
+from router.relay.limits import RelayLimits
 from router.relay.relay import Relay
 from router.relay.upstream import Keepalive, UpstreamPool
 
 if TYPE_CHECKING:
+    from router.config import RouterConfig
     from router.core import RouterCore
 
+ENGINE_FIRST_WINDOW = 64 * 1024
+"""The stream window an engine is first granted (see `start_relay`)."""
 RETAIN_INTERVAL_S = 5.0
 """How often connections to engines that left the view are closed."""
 TLS_HANDSHAKE_S = 10.0
@@ -36,21 +43,32 @@ class CallerConnection(Connection):
     made nor lost, so it would stay counted for good and hold up every shutdown.
     """
 
-    on_made: Callable[[Connection], None] | None = None
+    on_made: Callable[[Connection], bool] | None = None
+    """Counts the connection; False when the server is full and it must be closed."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.on_made is not None:
-            self.on_made(self)
+        if self.on_made is not None and not self.on_made(self):
+            self.closed = True
+            cast(asyncio.Transport, transport).abort()  # uvloop's is no subclass
+            return
         super().connection_made(transport)
 
 
 class RelayServer:
     """A listening relay; `port` is the bound port."""
 
-    def __init__(self, relay: Relay, settings: Settings, flusher: Flusher) -> None:
+    def __init__(
+        self,
+        relay: Relay,
+        settings: Settings,
+        flusher: Flusher,
+        limits: RelayLimits | None = None,
+    ) -> None:
         self.relay = relay
         self.settings = settings
         self.flusher = flusher
+        self.limits = limits or RelayLimits()
+        self._sweeper: asyncio.Task[None] | None = None
         self.connections: set[Connection] = set()
         self.server: asyncio.Server | None = None
         self.port = 0
@@ -58,15 +76,48 @@ class RelayServer:
         self._drained = asyncio.Event()
 
     def set_serving(self, serving: bool) -> None:
-        """What grpc.health.v1.Health/Check answers on the relay's port."""
-        self.relay.serving = serving
+        """What grpc.health.v1.Health/Check and Watch answer on the relay's port."""
+        self.relay.set_serving(serving)
 
     def accept(self) -> Connection:
-        conn = CallerConnection(self.flusher, self.settings, client_side=False)
+        conn = CallerConnection(
+            self.flusher,
+            self.settings,
+            client_side=False,
+            limits=self.limits,
+            on_refused=self.relay.refused,
+        )
         conn.on_new_stream = self.relay.open_call
         conn.on_closed = self._closed
-        conn.on_made = self.connections.add
+        conn.on_made = self._made
         return conn
+
+    def _made(self, conn: Connection) -> bool:
+        if len(self.connections) >= self.limits.max_connections:
+            self.relay.refused("max_connections")
+            return False
+        self.connections.add(conn)
+        return True
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.limits.tick_s)
+            self.sweep(time.monotonic())
+
+    def sweep(self, now: float) -> None:
+        """Close connections past the handshake or the idle timeout (see `RelayLimits`)."""
+        limits = self.limits
+        for conn in list(self.connections):
+            if conn.streams:
+                conn.idle_since = now
+            elif not conn.handshaken:
+                if now - conn.made_at >= limits.handshake_timeout_s:
+                    self.relay.refused("handshake_timeout")
+                    limit = limits.handshake_timeout_s
+                    conn.abort(f"no HTTP/2 preface and SETTINGS in {limit:g} s")
+            elif now - conn.idle_since >= limits.idle_timeout_s:
+                self.relay.refused("idle_timeout")
+                conn.fail(f.NO_ERROR, f"idle for {limits.idle_timeout_s:g} s")
 
     def _closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
@@ -82,6 +133,7 @@ class RelayServer:
         """Stop accepting, GOAWAY the clients, let calls finish for up to `grace_s`."""
         if self.server is not None:
             self.server.close()
+        self.relay.watchers.close()  # a Watch never ends by itself: it must not hold the grace
         for conn in list(self.connections):
             conn.send_goaway()
             if not conn.streams:
@@ -94,15 +146,30 @@ class RelayServer:
                     await self._drained.wait()
         for conn in list(self.connections):
             conn.close()
-        if self._retainer is not None:
-            self._retainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retainer
+        for task in (self._retainer, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for task in list(self.relay.tasks):
             task.cancel()
         await self.relay.pool.close()
         if self.server is not None:
             await self.server.wait_closed()
+
+
+def relay_limits(config: RouterConfig) -> RelayLimits:
+    """The relay's per-peer budgets from the router's flags."""
+    return RelayLimits(
+        stream_buffer_bytes=config.stream_buffer_bytes,
+        connection_buffer_bytes=config.connection_buffer_bytes,
+        max_resets_per_s=config.max_resets_per_s,
+        max_control_frames_per_s=config.max_control_frames_per_s,
+        handshake_timeout_s=config.handshake_timeout_s,
+        idle_timeout_s=config.idle_timeout_s,
+        max_connections=config.max_connections,
+        engine_streams_per_connection=config.engine_streams_per_connection,
+    )
 
 
 async def start_relay(
@@ -113,23 +180,34 @@ async def start_relay(
     keepalive: Keepalive | None = None,
 ) -> RelayServer:
     """Listen on host:port (0: any free port) and relay every call through `core`."""
-    settings = settings or Settings()
+    limits = relay_limits(core.config)
+    settings = settings or Settings(stream_window=limits.stream_buffer_bytes)
+    # A stream to an engine starts at 64 KiB and grows to the stream buffer only as
+    # its caller takes the bytes (`RecvWindow.release`): a caller that never reads
+    # holds 64 KiB of the relay's memory per call, not the whole buffer.
+    engine_settings = dataclasses.replace(
+        settings, stream_window=min(settings.stream_window, ENGINE_FIRST_WINDOW)
+    )
     flusher = Flusher()
     engine_tls = core.engine_tls
     pool = UpstreamPool(
         flusher,
-        settings,
+        engine_settings,
         keepalive,
         tls=engine_tls.context if engine_tls else None,
         server_name=engine_tls.server_name if engine_tls else None,
+        limits=limits,
     )
     relay = Relay(core, pool)
-    server = RelayServer(relay, settings, flusher)
+    server = RelayServer(relay, settings, flusher, limits)
     loop = asyncio.get_running_loop()
     listener_tls = core.listener_tls
+    # Why always: the workers of `--processes N` are started with `--processes 1`
+    # and share the port. (A second router started by mistake shares it too.)
+    reuse_port = True
     if listener_tls is None:
         server.server = await loop.create_server(
-            server.accept, host, port, reuse_address=True, reuse_port=True, backlog=1024
+            server.accept, host, port, reuse_address=True, reuse_port=reuse_port, backlog=1024
         )
     else:
         server.server = await loop.create_server(
@@ -137,7 +215,7 @@ async def start_relay(
             host,
             port,
             reuse_address=True,
-            reuse_port=True,
+            reuse_port=reuse_port,
             backlog=1024,
             ssl=listener_tls.context,
             ssl_handshake_timeout=TLS_HANDSHAKE_S,
@@ -149,4 +227,5 @@ async def start_relay(
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     server.port = sockets[0].getsockname()[1]
     server._retainer = asyncio.create_task(server._retain())
+    server._sweeper = asyncio.create_task(server._sweep())
     return server

@@ -2,21 +2,43 @@
 
 Kept apart from `connection` so the per-stream types read on their own: a
 stream is a pair of flow-control windows, a queue of what waits for window,
-and the `StreamHandler` (a relayed call) that its frames go to.
+and the `StreamHandler` (a relayed call) that its frames go to. Why the
+`StreamConnection` protocol: this module names only what a stream needs of its
+connection, so it imports nothing of `connection` (which imports it).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
-from router.relay.frames import Header, RecvWindow, SendWindow
-
-if TYPE_CHECKING:
-    from router.relay.connection import Connection
+from router.relay.frames import Header, PeerSettings, RecvWindow, SendWindow, Settings
 
 CONNECTION_LOST = -1
 """`on_reset` code when the whole connection went away."""
+
+
+class StreamConnection(Protocol):
+    """What a stream and its handler use of the HTTP/2 connection it lives on."""
+
+    peer: PeerSettings
+    settings: Settings
+    streams: dict[int, Stream]
+
+    def send_headers(self, stream: Stream, block: bytes, end: bool) -> None: ...
+
+    def send_data(self, stream: Stream, data: bytes, end: bool) -> None: ...
+
+    def credit(self, stream: Stream, length: int) -> None: ...
+
+    def reset(self, stream: Stream, code: int) -> None: ...
+
+    def defer(self, action: Callable[[], None]) -> None: ...
+
+
+class Flushable(Protocol):
+    def flush(self) -> None: ...
 
 
 class StreamHandler(Protocol):
@@ -51,7 +73,7 @@ UNCLAIMED = _Unclaimed()
 class Stream:
     __slots__ = ("conn", "handler", "id", "local_done", "queue", "recv", "remote_done", "send")
 
-    def __init__(self, conn: Connection, stream_id: int) -> None:
+    def __init__(self, conn: StreamConnection, stream_id: int) -> None:
         self.conn = conn
         self.id = stream_id
         self.handler: StreamHandler = UNCLAIMED
@@ -67,10 +89,10 @@ class Flusher:
     """Writes every connection's pending frames once per event-loop turn."""
 
     def __init__(self) -> None:
-        self._dirty: set[Connection] = set()
+        self._dirty: set[Flushable] = set()
         self._scheduled = False
 
-    def mark(self, conn: Connection) -> None:
+    def mark(self, conn: Flushable) -> None:
         self._dirty.add(conn)
         if not self._scheduled:
             self._scheduled = True

@@ -34,6 +34,7 @@ from typing import Literal
 
 from router.relay.connection import Connection, Flusher
 from router.relay.frames import Settings
+from router.relay.limits import RelayLimits
 
 CONNECT_TIMEOUT_S = 2.0
 """Longest wait for a TCP connection to an engine (capped by the call's deadline)."""
@@ -76,8 +77,10 @@ class UpstreamPool:
         *,
         tls: ssl.SSLContext | None = None,
         server_name: str | None = None,
+        limits: RelayLimits | None = None,
     ) -> None:
         self._flusher = flusher
+        self._limits = limits or RelayLimits()
         self._settings = settings
         self._tls = tls
         self._server_name = server_name
@@ -123,7 +126,7 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
 
         def factory() -> Connection:
-            return Connection(self._flusher, self._settings, client_side=True)
+            return Connection(self._flusher, self._settings, client_side=True, limits=self._limits)
 
         host = host.strip("[]")
         async with asyncio.timeout(timeout_s):

@@ -109,7 +109,7 @@ async def test_sigterm_of_an_engine_under_load_costs_callers_nothing(fleet: Flee
         assert code == 0, leaving.describe("a drained engine must exit 0")
         await wait_for_metric(
             router,
-            lambda m: m.value("tidepool_router_endpoints", alias=PUBLIC, state="all") == 2,
+            lambda m: m.value("tidepool_router_pool_endpoints", alias=PUBLIC) == 2,
             10,
             "pub-b gone from zh-public after it deregistered",
         )
@@ -258,7 +258,7 @@ async def test_last_resort_keeps_routing_to_lapsed_but_live_engines_until_they_d
         )
     await wait_for_metric(
         router,
-        lambda m: m.value("tidepool_router_endpoints", alias=PUBLIC, state="all") == 0,
+        lambda m: m.value("tidepool_router_pool_endpoints", alias=PUBLIC) == 0,
         5,
         "zh-public empty after both engines deregistered (not kept as a last resort)",
     )

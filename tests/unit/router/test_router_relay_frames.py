@@ -235,6 +235,12 @@ class FakeTransport(asyncio.Transport):
     def write(self, data: Any) -> None:
         self.out += data
 
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.high = high
+
+    def get_write_buffer_size(self) -> int:
+        return 0  # the kernel took it all
+
     def close(self) -> None:
         self.closed = True
 
@@ -311,7 +317,9 @@ async def test_data_past_our_window_is_a_flow_control_error() -> None:
     opened: list[Stream] = []
     conn.on_new_stream = lambda stream, headers, end: opened.append(stream)
     block = f.encode_headers([(b":path", b"/s/m")])
-    conn.data_received(f.PREFACE + f.frame(f.HEADERS, f.END_HEADERS, 1, block))
+    conn.data_received(
+        f.PREFACE + f.frame(f.SETTINGS, 0, 0) + f.frame(f.HEADERS, f.END_HEADERS, 1, block)
+    )
     assert len(opened) == 1
     transport.frames()
     conn.data_received(f.frame(f.DATA, 0, 1, b"x" * 101))
@@ -384,7 +392,7 @@ async def test_health_check_is_answered_by_the_relay_itself() -> None:
     conn = Connection(Flusher(), Settings(), client_side=False)
     transport = FakeTransport()
     conn.connection_made(transport)
-    conn.data_received(f.PREFACE)
+    conn.data_received(f.PREFACE + f.frame(f.SETTINGS, 0, 0))
     transport.frames()
     request = message(health_pb2.HealthCheckRequest(service="").SerializeToString())
     blocks, messages = health_request(conn, transport, CHECK, request)
@@ -397,7 +405,7 @@ async def test_health_watch_is_unimplemented() -> None:
     conn = Connection(Flusher(), Settings(), client_side=False)
     transport = FakeTransport()
     conn.connection_made(transport)
-    conn.data_received(f.PREFACE)
+    conn.data_received(f.PREFACE + f.frame(f.SETTINGS, 0, 0))
     transport.frames()
     request = message(health_pb2.HealthCheckRequest(service="").SerializeToString())
     blocks, messages = health_request(conn, transport, b"/grpc.health.v1.Health/Watch", request)
