@@ -17,6 +17,7 @@ from registry.sdk.options import (
     CommandParser,
     ConfigError,
     Option,
+    parse_bool,
     parse_choice,
     parse_host_port,
     resolve,
@@ -70,6 +71,9 @@ class RouterConfig:
     stream_idle_s: float = 60.0
     max_message_bytes: int = 4 * 1024 * 1024
     processes: int = 1
+    share_port: bool = False
+    """Share `listen` with other router processes (SO_REUSEPORT): set on the workers of
+    `--processes N`; otherwise a second router on the same port fails with one line."""
     data_path: DataPath = "relay"
     """grpc: the grpc.aio proxy; relay: the HTTP/2 frame relay (about half the CPU a call)."""
     log_level: str = "warning"
@@ -223,6 +227,9 @@ OPTIONS: tuple[Option, ...] = (
        _whole(1024, 64 * 1024 * 1024)),
     _o("processes", 1, "router processes sharing the port (SO_REUSEPORT)",
        _whole(1, MAX_PROCESSES)),
+    _o("share_port", False,
+       "share --listen with other router processes (set for the workers of --processes N)",
+       parse_bool),
     _o("data_path", "relay", "relay (the HTTP/2 frame relay) or grpc (the grpc.aio proxy)",
        parse_choice(DATA_PATHS)),
     _o("log_level", "warning", "debug, info, warning or error",
@@ -259,7 +266,7 @@ FLAG_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("retries", ("max_attempts", "retry_budget_percent", "idempotent_methods")),
     ("deadlines", ("default_deadline_s", "stream_first_response_s", "stream_idle_s")),
     ("TLS", ("tls_cert", "tls_key", "engine_ca", "engine_server_name")),
-    ("process", ("processes", "log_level")),
+    ("process", ("processes", "share_port", "log_level")),
     (
         "relay limits",
         (

@@ -23,13 +23,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from registry.sdk.options import parse_host_port
 from router.core import RouterCore
+from router.listen import ListenError, bind_error, ensure_free
 from router.proxy import ProxyHandler
 from router.relay import RelayServer, start_relay
 from router.streams import StreamForwarder
-
-
-class ListenError(OSError):
-    """A listen address could not be bound."""
 
 
 class Frontend(Protocol):
@@ -55,7 +52,8 @@ class GrpcFrontend:
             options=[
                 ("grpc.max_send_message_length", limit),
                 ("grpc.max_receive_message_length", limit),
-                ("grpc.so_reuseport", 1),
+                # Only a router group's workers share the port (see the relay).
+                ("grpc.so_reuseport", 1 if config.processes > 1 or config.share_port else 0),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ]
@@ -69,6 +67,10 @@ class GrpcFrontend:
             unary_methods=config.unary_methods,
         )
         self._server.add_generic_rpc_handlers((handler,))
+        if not (config.processes > 1 or config.share_port):
+            # grpc's core logs its own bind failure before Python hears of it; find a
+            # taken port first so the operator gets the one line every component gives.
+            ensure_free(config.listen)
         tls = core.listener_tls
         try:
             if tls is None:
@@ -115,7 +117,7 @@ class RelayFrontend:
         try:
             self._relay = await start_relay(self._core, host, port)
         except OSError as exc:
-            raise ListenError(f"--listen: cannot listen on {listen}: {exc.strerror}") from None
+            raise ListenError(f"--listen: cannot listen on {listen}: {bind_error(exc)}") from None
         self._relay.set_serving(self._serving)
 
     async def set_serving(self, serving: bool) -> None:

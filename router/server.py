@@ -28,7 +28,8 @@ from registry.sdk.options import format_host_port, parse_host_port
 from registry.sdk.process_main import process_main
 from router.config import RouterConfig, parse_config
 from router.core import RouterCore, build_core
-from router.frontends import Frontend, ListenError, build_frontend
+from router.frontends import Frontend, build_frontend
+from router.listen import ListenError
 from router.metrics import RouterMetrics
 from router.table import RouteError, RoutingTable
 from router.watcher import RegistryWatcher

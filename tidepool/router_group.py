@@ -51,7 +51,10 @@ def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
 def _worker_argv(argv: list[str], index: int, http_listen: str) -> list[str]:
     host, port = parse_host_port(http_listen)
     http = f"{host}:{port + index if port else 0}"
-    return ["router", "serve", *argv, "--processes", "1", "--http-listen", http]
+    return [
+        "router", "serve", *argv,
+        "--processes", "1", "--share-port", "true", "--http-listen", http,
+    ]  # fmt: skip
 
 
 async def _run_group(argv: list[str], processes: int, http_listen: str) -> int:

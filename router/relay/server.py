@@ -12,7 +12,7 @@ import dataclasses
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from router.relay import frames as f
 from router.relay.connection import Connection, Flusher
@@ -202,25 +202,11 @@ async def start_relay(
     server = RelayServer(relay, settings, flusher, limits)
     loop = asyncio.get_running_loop()
     listener_tls = core.listener_tls
-    # Why always: the workers of `--processes N` are started with `--processes 1`
-    # and share the port. (A second router started by mistake shares it too.)
-    reuse_port = True
-    if listener_tls is None:
-        server.server = await loop.create_server(
-            server.accept, host, port, reuse_address=True, reuse_port=reuse_port, backlog=1024
-        )
-    else:
-        server.server = await loop.create_server(
-            server.accept,
-            host,
-            port,
-            reuse_address=True,
-            reuse_port=reuse_port,
-            backlog=1024,
-            ssl=listener_tls.context,
-            ssl_handshake_timeout=TLS_HANDSHAKE_S,
-            ssl_shutdown_timeout=TLS_SHUTDOWN_S,
-        )
+    # Only a router group's workers share the port: a second router started by mistake
+    # on the same port must fail, not quietly take half the callers.
+    config = core.config
+    reuse_port = config.processes > 1 or config.share_port
+    server.server = await _listen(loop, server, host, port, reuse_port, listener_tls)
     sockets = server.server.sockets
     for sock in sockets:
         with contextlib.suppress(OSError):
@@ -229,3 +215,28 @@ async def start_relay(
     server._retainer = asyncio.create_task(server._retain())
     server._sweeper = asyncio.create_task(server._sweep())
     return server
+
+
+async def _listen(
+    loop: asyncio.AbstractEventLoop,
+    server: RelayServer,
+    host: str,
+    port: int,
+    reuse_port: bool,
+    listener_tls: Any,
+) -> asyncio.Server:
+    if listener_tls is None:
+        return await loop.create_server(
+            server.accept, host, port, reuse_address=True, reuse_port=reuse_port, backlog=1024
+        )
+    return await loop.create_server(
+        server.accept,
+        host,
+        port,
+        reuse_address=True,
+        reuse_port=reuse_port,
+        backlog=1024,
+        ssl=listener_tls.context,
+        ssl_handshake_timeout=TLS_HANDSHAKE_S,
+        ssl_shutdown_timeout=TLS_SHUTDOWN_S,
+    )

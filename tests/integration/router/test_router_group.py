@@ -132,3 +132,24 @@ def test_processes_need_a_fixed_port(fleet: Fleet) -> None:
     assert process.stderr().strip().splitlines() == [
         "tidepool router: --processes above 1 needs a fixed --listen port"
     ]
+
+
+@pytest.mark.parametrize("data_path", ["relay", "grpc"])
+def test_a_second_router_on_a_taken_port_fails_with_one_line(fleet: Fleet, data_path: str) -> None:
+    port = _free_port()
+
+    def router() -> list[str]:
+        return tidepool_args(
+            "router", "serve",
+            *("--registry", fleet.registry_address, "--token", READ_TOKEN),
+            *("--listen", f"127.0.0.1:{port}", "--http-listen", "127.0.0.1:0"),
+            *("--state-file", "", "--data-path", data_path),
+        )  # fmt: skip
+
+    first = fleet.processes.start(router(), ROUTER_READY, START_S)
+    second = fleet.processes.spawn(router())
+    assert second.wait(STOP_S) == 1, second.describe("a second router shared the port")
+    (line,) = second.stderr().strip().splitlines()
+    assert line.startswith("tidepool router: --listen")
+    assert "in use" in line
+    assert first.returncode is None
