@@ -93,12 +93,13 @@ def parser() -> argparse.ArgumentParser:
         description="Run the pool scheduler: admission, tenant lists, tide moves, scaling.",
     )
     add_options(result, OPTIONS)
+    for action in result._actions:
+        if action.dest == "dry_run":
+            # A switch on the command line (`--dry-run`), a boolean in env and config file.
+            action.nargs, action.const, action.metavar = "?", "true", "true|false"
     return result
 
 
 def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> SchedulerConfig:
-    args = list(argv)
-    # `--dry-run` is a switch on the command line, a boolean in env and config file.
-    args = [a if a != "--dry-run" else "--dry-run=true" for a in args]
-    values = resolve(OPTIONS, parser().parse_args(args), environ)
+    values = resolve(OPTIONS, parser().parse_args(list(argv)), environ)
     return SchedulerConfig(**values)
