@@ -7,7 +7,7 @@ offers open-loop unary Evaluate through the router, and signals one engine at
 `--kill-at`. The killed process cannot say when it stopped being tried, so the
 router is watched instead: its /metrics is scraped every 10 ms for two seconds
 after the signal (then every 100 ms) and the last increase of its attempt
-counter for that instance (`tidepool_router_requests_total{instance=…}`, counted
+counter for that instance (`tidepool_router_requests_total{engine=…}`, counted
 when an attempt ends, failed ones included) marks when it stopped trying it.
 The same scrapes date the passive ejection (a failure seen by the router) and
 the drop of the instance from the router's view (the registry's watch), and

@@ -309,8 +309,8 @@ def router_scrape(samples: Samples, victim: str, sent_s: float, received_s: floa
     return RouterScrape(
         sent_s,
         received_s,
-        by_label(samples, "tidepool_router_requests_total", "code", instance=victim),
-        by_label(samples, "tidepool_router_ejections_total", "kind", instance=victim),
+        by_label(samples, "tidepool_router_requests_total", "code", engine=victim),
+        by_label(samples, "tidepool_router_ejections_total", "kind", engine=victim),
         metric_sum(samples, "tidepool_router_endpoints", alias=ALIAS, state="routable"),
         by_label(samples, "tidepool_router_retries_total", "reason"),
         metric_sum(samples, "tidepool_router_retry_budget_exhausted_total"),

@@ -43,8 +43,8 @@ class RouterMetrics:
         r = self.registry
         self._requests = Counter(
             "tidepool_router_requests",
-            "Attempts answered by engines, by alias, instance and gRPC status",
-            ["alias", "instance", "code"],
+            "Attempts answered by engines, by alias, engine (instance id) and gRPC status",
+            ["alias", "engine", "code"],
             registry=r,
         )
         self._latency = Histogram(
@@ -75,7 +75,7 @@ class RouterMetrics:
         self._ejections = Counter(
             "tidepool_router_ejections",
             "Instances ejected: active (registry said unhealthy) or passive (a failure seen)",
-            ["alias", "instance", "kind"],
+            ["alias", "engine", "kind"],
             registry=r,
         )
         self._panic = Gauge(

@@ -96,7 +96,7 @@ async def test_client_rides_out_a_kill_9_under_load(fleet: Fleet) -> None:
             await wait_until_async(
                 lambda: (
                     client_metrics(client).total(
-                        "tidepool_router_ejections_total", instance="pub-victim"
+                        "tidepool_router_ejections_total", engine="pub-victim"
                     )
                     >= 1
                     and routable(client) == len(WEIGHTS)
@@ -113,11 +113,11 @@ async def test_client_rides_out_a_kill_9_under_load(fleet: Fleet) -> None:
                 lambda: f"attempts in flight to pub-victim: {client.core.table.in_flight}",
             )
             before = client_metrics(client).total(
-                "tidepool_router_requests_total", instance="pub-victim"
+                "tidepool_router_requests_total", engine="pub-victim"
             )
             await traffic.wait_answers(125, since=time.monotonic())
             after = client_metrics(client).total(
-                "tidepool_router_requests_total", instance="pub-victim"
+                "tidepool_router_requests_total", engine="pub-victim"
             )
         traffic.assert_no_errors()
         assert after == before, f"pub-victim still got attempts: {before} -> {after}"

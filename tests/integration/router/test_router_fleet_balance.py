@@ -96,11 +96,11 @@ async def test_weight_zero_and_drain_take_an_engine_out_of_new_traffic(
             assert set(picks) == {"pub-a"}, f"drained engine still picked: {Counter(picks)}"
 
         metrics = await router.metrics()
-        before = metrics.by_label("tidepool_router_requests_total", "instance", alias=PUBLIC)
+        before = metrics.by_label("tidepool_router_requests_total", "engine", alias=PUBLIC)
         async with RouterCaller(router.grpc, alias=PUBLIC) as call:
             await sequential(call, 50)
         after = (await router.metrics()).by_label(
-            "tidepool_router_requests_total", "instance", alias=PUBLIC
+            "tidepool_router_requests_total", "engine", alias=PUBLIC
         )
         for engine in ("pub-b", "pub-c"):
             assert after.get(engine) == before.get(engine), (
@@ -141,7 +141,7 @@ async def test_tenant_route_falls_back_to_public_when_its_dedicated_pool_is_out(
             await asyncio.to_thread(acme.process.kill)
             await wait_for_metric(
                 router,
-                lambda m: m.total("tidepool_router_ejections_total", instance="acme-1") > 0,
+                lambda m: m.total("tidepool_router_ejections_total", engine="acme-1") > 0,
                 10,
                 "acme-1 ejected after kill -9",
             )
@@ -166,7 +166,7 @@ async def _answers(call: RouterCaller, engine: str) -> bool:
 
 async def _attempts(router: Router, instance: str) -> float:
     metrics = await router.metrics()
-    return metrics.total("tidepool_router_requests_total", instance=instance)
+    return metrics.total("tidepool_router_requests_total", engine=instance)
 
 
 async def test_slow_start_gives_a_joining_engine_a_small_share_that_grows(fleet: Fleet) -> None:

@@ -49,7 +49,7 @@ def three_engines(fleet: Fleet) -> tuple[Router, dict[str, Engine]]:
 
 async def attempts(router: Router, instance: str) -> float:
     """Attempts the router sent to `instance`, whatever their outcome."""
-    return (await router.metrics()).total("tidepool_router_requests_total", instance=instance)
+    return (await router.metrics()).total("tidepool_router_requests_total", engine=instance)
 
 
 async def assert_no_more_attempts(router: Router, traffic: Traffic, instance: str) -> None:
@@ -83,7 +83,7 @@ async def test_kill_9_of_an_engine_under_load_costs_callers_nothing(fleet: Fleet
         await wait_for_metric(
             router,
             lambda m: (
-                m.total("tidepool_router_ejections_total", instance="pub-b") >= 1
+                m.total("tidepool_router_ejections_total", engine="pub-b") >= 1
                 and m.value("tidepool_router_endpoints", alias=PUBLIC, state="routable") == 2
             ),
             10,
@@ -145,7 +145,7 @@ async def test_connect_failure_ejects_an_engine_before_the_registry_notices(
                 m.value(
                     "tidepool_router_ejections_total",
                     alias=PUBLIC,
-                    instance="pub-c",
+                    engine="pub-c",
                     kind="passive",
                 )
                 == 1
@@ -158,7 +158,7 @@ async def test_connect_failure_ejects_an_engine_before_the_registry_notices(
             f"the registry already knew ({states}): the test no longer isolates passive ejection"
         )
         active = metrics.value(
-            "tidepool_router_ejections_total", alias=PUBLIC, instance="pub-c", kind="active"
+            "tidepool_router_ejections_total", alias=PUBLIC, engine="pub-c", kind="active"
         )
         assert active is None, f"an active ejection of pub-c without a registry event: {active}"
         assert metrics.value("tidepool_router_endpoints", alias=PUBLIC, state="ejected") == 1

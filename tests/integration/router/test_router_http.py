@@ -101,7 +101,7 @@ def test_resolve_errors_are_json_with_a_status_that_means_what_it_says(
 async def test_metrics_count_requests_by_alias_instance_and_code(
     stack: EchoStack, channel: grpc.aio.Channel
 ) -> None:
-    labels = {"alias": "echo-en", "instance": ENGINE, "code": "OK"}
+    labels = {"alias": "echo-en", "engine": ENGINE, "code": "OK"}
     before = metric(await stack.metrics_async(), "tidepool_router_requests_total", **labels)
     for _ in range(3):
         await channel.unary_unary(UNARY)(b"count me", metadata=alias_key("echo-en"), timeout=5)

@@ -230,11 +230,11 @@ async def test_connect_failure_is_retried_without_a_client_error(
     )  # fmt: skip
     assert all(a.split(b"|")[0].decode() in ECHO for a in answers)
     registry = relayed.core.metrics.registry
-    labels = {"alias": "flaky", "instance": "relay-refused", "code": "UNAVAILABLE"}
+    labels = {"alias": "flaky", "engine": "relay-refused", "code": "UNAVAILABLE"}
     assert (registry.get_sample_value("tidepool_router_requests_total", labels) or 0) >= 1
     retried = {"alias": "flaky", "reason": "connect"}
     assert (registry.get_sample_value("tidepool_router_retries_total", retried) or 0) >= 1
-    ejected = {"alias": "flaky", "instance": "relay-refused", "kind": "passive"}
+    ejected = {"alias": "flaky", "engine": "relay-refused", "kind": "passive"}
     assert (registry.get_sample_value("tidepool_router_ejections_total", ejected) or 0) >= 1
 
 

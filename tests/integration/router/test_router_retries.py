@@ -107,7 +107,7 @@ async def test_connect_failure_is_retried_on_another_instance_without_client_err
     samples = await stack.metrics_async()
     assert metric(samples, "tidepool_router_retries_total", alias=alias, reason="connect") >= 1
     ejected = metric(
-        samples, "tidepool_router_ejections_total", alias=alias, instance=FAKE, kind="passive"
+        samples, "tidepool_router_ejections_total", alias=alias, engine=FAKE, kind="passive"
     )
     assert ejected >= 1, "a refused connection must eject the instance at once"
 

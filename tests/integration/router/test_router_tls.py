@@ -232,7 +232,7 @@ async def test_an_engine_with_an_untrusted_certificate_is_ejected_and_the_call_f
     await wait_for_metric(
         router,
         lambda m: (
-            m.total("tidepool_router_ejections_total", instance="wrong-a", kind="passive") >= 1
+            m.total("tidepool_router_ejections_total", engine="wrong-a", kind="passive") >= 1
             and m.total("tidepool_router_retries_total", alias="mixed", reason="connect") >= 1
         ),
         5.0,

@@ -20,8 +20,8 @@ def test_series_of_instances_gone_for_good_are_dropped_and_the_rest_kept() -> No
     metrics.ejected("zh-public", "keep-1", "active")
     metrics.retain({"keep-1"})
     text = _exposed(metrics)
-    assert 'instance="gone-1"' not in text
-    assert 'requests_total{alias="zh-public",code="OK",instance="keep-1"} 1.0' in text
-    assert 'instance="keep-1",kind="active"' in text
+    assert 'engine="gone-1"' not in text
+    assert 'requests_total{alias="zh-public",code="OK",engine="keep-1"} 1.0' in text
+    assert 'engine="keep-1",kind="active"' in text
     metrics.answered("zh-public", "gone-1", "OK", 0.001)  # it came back: counting starts again
-    assert 'code="OK",instance="gone-1"} 1.0' in _exposed(metrics)
+    assert 'code="OK",engine="gone-1"} 1.0' in _exposed(metrics)
