@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 from registry.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from registry.records import MOVE_STATES, MoveRecord
 from registry.validation import validate_instance_id, validate_lang, validate_name
+from tidepool.runtime.rules import POOL_LABEL
 
 KEEP_FINISHED = 100
-POOL_LABEL = "pool"
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,11 @@ class Applier:
             self.metrics.moves_finished.labels(move.state).inc()
 
     async def apply(
-        self, plan: Plan, fleet: Fleet, tenants_now: dict[tuple[str, str], tuple[str, ...]]
+        self,
+        plan: Plan,
+        fleet: Fleet,
+        tenants_now: dict[tuple[str, str], tuple[str, ...]],
+        now: float,
     ) -> None:
         for admission in plan.admissions:
             await self._guarded(
@@ -114,7 +118,7 @@ class Applier:
             if self.provider is not None:
                 await self._guarded("provider", self._start(up.pool, up.lang, up.tier, up.count))
         for down in plan.scale_down:
-            await self._guarded("scale_down", self._retire(down))
+            await self._guarded("scale_down", self._retire(down, now))
         for tenant in plan.tenants:
             if tenants_now.get((tenant.tenant, tenant.lang)) != tenant.aliases:
                 await self._guarded(
@@ -135,17 +139,15 @@ class Applier:
         ids = await self.provider.start(pool, lang, tier, count)
         log.info("provider %s: started %s for %s", self.provider.name, ", ".join(ids), pool)
 
-    async def _retire(self, down: ScaleDown) -> None:
+    async def _retire(self, down: ScaleDown, now: float) -> None:
         await self.registry.drain(down.instance_id)
-        self.retiring.setdefault(down.instance_id, 0.0)
+        self.retiring.setdefault(down.instance_id, now)
 
     def give_back(self, fleet: Fleet, now: float) -> None:
         """Stop retiring engines once idle (or after the drain timeout), in the background."""
         if self.provider is None:
             return
         for instance_id, since in list(self.retiring.items()):
-            if since == 0.0:
-                self.retiring[instance_id] = since = now
             engine = fleet.engines.get(instance_id)
             done = engine is None or engine.idle
             if done or now - since >= self.policy.loop.drain_timeout_s:

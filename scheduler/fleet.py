@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-POOL_LABEL = "pool"
 HOME_LABEL = "home"
 """Set by the scheduler when it admits an engine: the pool it goes back to."""
 PROVIDER_LABEL = "provider"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from scheduler.apply import Applier
 from scheduler.errors import FencedError, SchedulerError
-from scheduler.fleet import POOL_LABEL, Fleet
+from scheduler.fleet import Fleet
 from scheduler.metrics import SchedulerMetrics
 from scheduler.plan import Plan, plan
 from scheduler.policy import Policy
@@ -24,6 +24,7 @@ from scheduler.pools import Memory, PoolState
 from scheduler.providers import Provider
 from scheduler.registry_client import SchedulerRegistry
 from tidepool.registry.v1 import registry_pb2 as pb
+from tidepool.runtime.rules import POOL_LABEL
 
 log = logging.getLogger("tidepool.scheduler")
 
@@ -125,9 +126,9 @@ class SchedulerRunner:
         moves = await self.applier.step_moves(fleet, now)
         fleet = Fleet(fleet.engines, tuple(moves))
         decided = self._plan(fleet, now)
-        await self.applier.apply(decided, fleet, await self.registry.tenants())
+        await self.applier.apply(decided, fleet, await self.registry.tenants(), now)
         self.applier.give_back(fleet, now)
-        await self.registry.put_pools(pool_status(decided.pools, fleet))
+        await self.registry.put_pools(pool_status(decided.pools))
         self._record(decided, fleet)
 
     async def _ensure_aliases(self) -> None:
@@ -184,8 +185,7 @@ class SchedulerRunner:
             await self.provider.close()
 
 
-def pool_status(states: Mapping[str, PoolState], fleet: Fleet) -> list[pb.PoolStatus]:
-    del fleet
+def pool_status(states: Mapping[str, PoolState]) -> list[pb.PoolStatus]:
     return [
         pb.PoolStatus(
             name=s.name,

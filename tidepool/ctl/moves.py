@@ -14,8 +14,8 @@ from typing import Any
 from registry.sdk.states import MOVE_STATE_NAMES, state_name
 from tidepool.ctl.render import age_text, clip, table
 from tidepool.registry.v1 import registry_pb2 as pb
+from tidepool.runtime.rules import POOL_LABEL
 
-POOL_LABEL = "pool"
 FINAL_STATES = frozenset({"done", "rolled_back"})
 TABLE_WIDTH = 100
 MIN_REASON_WIDTH = 16

@@ -14,7 +14,6 @@ from collections.abc import Generator, Iterator, Sequence
 
 from tidepool.ctl.client import CtlError, RegistryClient
 from tidepool.ctl.moves import (
-    POOL_LABEL,
     bounds_refusal,
     choose_instances,
     finished,
@@ -29,6 +28,7 @@ from tidepool.ctl.pools import pool_json, pools_text, published
 from tidepool.ctl.render import json_text
 from tidepool.ctl.top import TopView, error_frame, frame, frame_text
 from tidepool.registry.v1 import registry_pb2 as pb
+from tidepool.runtime.rules import POOL_LABEL
 
 WAIT_POLL_S = 0.5
 MOVE_REASON = "asked for with tidepool ctl move"

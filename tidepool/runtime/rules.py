@@ -21,6 +21,8 @@ Tier = Literal["idc", "cvm", "serverless"]
 LANGS: tuple[Lang, ...] = ("zh", "en")
 """The languages the engines serve today (each is a model)."""
 TIERS: tuple[Tier, ...] = ("idc", "cvm", "serverless")
+POOL_LABEL = "pool"
+"""The label that puts an instance in a pool (an alias's rule is `pool=NAME`)."""
 """Capacity tiers, cheapest to add last: idc is the fixed fleet."""
 
 # Patterns are used with fullmatch: `$` alone would also accept a trailing "\n".
