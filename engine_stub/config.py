@@ -14,7 +14,7 @@ from ipaddress import ip_address
 from types import MappingProxyType
 from typing import Any
 
-from registry.sdk.options import (
+from tidepool.runtime.options import (
     CommandParser,
     ConfigError,
     Option,

@@ -28,21 +28,13 @@ from engine_stub.metrics import EngineMetrics
 from engine_stub.model import LoadedModel
 from engine_stub.servicer import EvaluatorServicer, Sleep
 from engine_stub.slots import SlotPool
-from registry.sdk import (
-    AgentConfig,
-    AgentError,
-    ConfigError,
-    EngineAgent,
-    ShutdownSignals,
-    StatusServer,
-    channel_options,
-    new_instance_id,
-    run_until_signal,
-    unless_signalled,
-)
-from registry.sdk.options import format_host_port, parse_host_port
-from registry.sdk.process_main import process_main
+from registry.sdk import AgentConfig, AgentError, EngineAgent, new_instance_id, run_until_signal
 from tidepool.engine.v1 import evaluator_pb2, evaluator_pb2_grpc
+from tidepool.runtime.channel import channel_options
+from tidepool.runtime.options import ConfigError, format_host_port, parse_host_port
+from tidepool.runtime.process_main import process_main
+from tidepool.runtime.signals import ShutdownSignals, unless_signalled
+from tidepool.runtime.status_http import StatusServer
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from loadtest.config import (
 from loadtest.generator import run_load
 from loadtest.result import Progress
 from loadtest.verdict import EXIT_INTERRUPTED, EXIT_UNREACHABLE, judge
-from registry.sdk.options import CommandParser
+from tidepool.runtime.options import CommandParser
 
 PROG = "tidepool loadtest"
 MODULE_PROG = "python -m loadtest"

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from registry.sdk.channel import auth_metadata
-from registry.sdk.options import parse_host_port
+from tidepool.runtime.channel import auth_metadata
+from tidepool.runtime.options import parse_host_port
 
 KINDS = ("unary", "stream")
 """Call kinds: unary `Evaluate` and client-streaming `EvaluateStream`."""

@@ -53,8 +53,8 @@ from loadtest.config import (
     TargetUnreachableError,
 )
 from loadtest.result import LoadResult, Progress
-from registry.sdk.channel import channel_options
 from tidepool.engine.v1 import evaluator_pb2 as epb
+from tidepool.runtime.channel import channel_options
 
 
 def stream_rng(seed: int, stream: int) -> random.Random:

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from registry.errors import PermissionDeniedError, UnauthenticatedError
-from registry.sdk.channel import AUTHORIZATION
+from tidepool.runtime.channel import AUTHORIZATION
 
 BEARER = "Bearer "
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from registry.address import parse_ranges
 from registry.errors import InvalidArgumentError
-from registry.sdk.options import (
+from tidepool.runtime.options import (
     ConfigError,
     Option,
     parse_bool,

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 
 from registry.catalog import Change, InstanceView, State
 from registry.errors import InvalidArgumentError
-from registry.sdk.agent import METRICS_PORT_LABEL
+from tidepool.runtime.rules import METRICS_PORT_LABEL
 
 METRICS_SERVICE = "tidepool-engine-metrics"
 """The Consul service under which every engine's metrics port is published."""

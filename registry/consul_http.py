@@ -31,8 +31,8 @@ from registry.errors import (
     RegistryError,
     UnauthenticatedError,
 )
-from registry.sdk.channel import AUTHORIZATION
-from registry.sdk.status_http import HttpRequest, HttpResponse
+from tidepool.runtime.channel import AUTHORIZATION
+from tidepool.runtime.status_http import HttpRequest, HttpResponse
 
 log = logging.getLogger("tidepool.registry.consul")
 

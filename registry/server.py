@@ -33,13 +33,13 @@ from registry.errors import RegistryError
 from registry.lease import LeaseConfig, LeaseTable
 from registry.metrics import RegistryMetrics
 from registry.ratelimit import KeyedRateLimiter
-from registry.sdk.channel import channel_options
-from registry.sdk.options import CommandParser, ConfigError, add_options, parse_host_port
-from registry.sdk.status_http import StatusServer
 from registry.servicer import AdminServicer, RegistryServicer, SchedulingServicer
 from registry.store import EmbeddedStore, Store
 from registry.watch import WatchHub
 from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
+from tidepool.runtime.channel import channel_options
+from tidepool.runtime.options import CommandParser, ConfigError, add_options, parse_host_port
+from tidepool.runtime.status_http import StatusServer
 
 log = logging.getLogger("tidepool.registry")
 SHUTDOWN_GRACE_S = 2.0

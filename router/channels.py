@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from registry.sdk.channel import DEFAULT_MAX_MESSAGE_BYTES, channel_options
+from tidepool.runtime.channel import DEFAULT_MAX_MESSAGE_BYTES, channel_options
 
 CLOSE_GRACE_S = 30.0
 """A channel of an engine that left keeps its calls this long before it is closed."""

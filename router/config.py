@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from registry.sdk.options import (
+from router.balancer import PICKER_KINDS, PickerKind
+from router.outlier import OutlierConfig
+from router.proxy import DEFAULT_UNARY_METHODS
+from router.retry import RetryPolicy
+from router.slow_start import SlowStartConfig
+from router.streams import StreamTimeouts
+from router.table import TableConfig
+from tidepool.runtime.options import (
     CONFIG_ENV,
     CommandParser,
     ConfigError,
@@ -22,13 +29,6 @@ from registry.sdk.options import (
     parse_host_port,
     resolve,
 )
-from router.balancer import PICKER_KINDS, PickerKind
-from router.outlier import OutlierConfig
-from router.proxy import DEFAULT_UNARY_METHODS
-from router.retry import RetryPolicy
-from router.slow_start import SlowStartConfig
-from router.streams import StreamTimeouts
-from router.table import TableConfig
 
 ENV = "TIDEPOOL_ROUTER_"
 DataPath = Literal["grpc", "relay"]

@@ -16,7 +16,6 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.sdk.options import ConfigError
 from router.channels import ChannelPool
 from router.config import RouterConfig
 from router.forward import Forwarder
@@ -24,6 +23,7 @@ from router.metrics import RouterMetrics
 from router.retry import RetryBudget
 from router.table import RoutingTable
 from router.watcher import RegistryWatcher
+from tidepool.runtime.options import ConfigError
 
 ALPN_H2 = ["h2"]
 

@@ -21,12 +21,12 @@ from typing import Any, Protocol
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from registry.sdk.options import parse_host_port
 from router.core import RouterCore
 from router.listen import ListenError, bind_error, ensure_free
 from router.proxy import ProxyHandler
 from router.relay import RelayServer, start_relay
 from router.streams import StreamForwarder
+from tidepool.runtime.options import parse_host_port
 
 
 class Frontend(Protocol):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import socket
 
-from registry.sdk.options import parse_host_port
+from tidepool.runtime.options import parse_host_port
 
 
 class ListenError(OSError):

@@ -23,9 +23,6 @@ from urllib.parse import parse_qs
 import grpc
 from prometheus_client import disable_created_metrics
 
-from registry.sdk import ShutdownSignals, StatusServer
-from registry.sdk.options import format_host_port, parse_host_port
-from registry.sdk.process_main import process_main
 from router.config import RouterConfig, parse_config
 from router.core import RouterCore, build_core
 from router.frontends import Frontend, build_frontend
@@ -33,6 +30,10 @@ from router.listen import ListenError
 from router.metrics import RouterMetrics
 from router.table import RouteError, RoutingTable
 from router.watcher import RegistryWatcher
+from tidepool.runtime.options import format_host_port, parse_host_port
+from tidepool.runtime.process_main import process_main
+from tidepool.runtime.signals import ShutdownSignals
+from tidepool.runtime.status_http import StatusServer
 
 log = logging.getLogger(__name__)
 COMPONENT = "router"

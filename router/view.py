@@ -13,8 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from registry.sdk.snapshots import SnapshotChunks
-from registry.sdk.states import STATES_BY_NAME, state_name
+from registry.client import STATES_BY_NAME, SnapshotChunks, state_name
 from router.endpoint import Endpoint
 from router.outlier import Departure
 from tidepool.registry.v1 import registry_pb2 as pb

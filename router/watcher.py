@@ -19,14 +19,14 @@ from typing import Any
 
 import grpc
 
-from registry.sdk.backoff import Backoff
-from registry.sdk.channel import auth_metadata, open_channel, sleep_until_reconnected
 from router.lkg import encode_view, load_view, save_view
 from router.outlier import Departure
 from router.table import RoutingTable
 from router.view import RegistryView
 from tidepool.registry.v1 import registry_pb2 as pb
 from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
+from tidepool.runtime.backoff import Backoff
+from tidepool.runtime.channel import auth_metadata, open_channel, sleep_until_reconnected
 
 log = logging.getLogger(__name__)
 SAVE_INTERVAL_S = 1.0

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from registry.sdk.options import (
+from tidepool.runtime.options import (
     CommandParser,
     ConfigError,
     Option,

@@ -12,12 +12,12 @@ from typing import Any, TypeVar
 
 import grpc
 
-from registry.sdk import auth_metadata, open_channel
-from registry.sdk.states import MOVE_STATE_NAMES, MOVE_STATES_BY_NAME, state_name
+from registry.client import MOVE_STATE_NAMES, MOVE_STATES_BY_NAME, state_name
 from scheduler.errors import FencedError, RegistryCallError
 from scheduler.fleet import HOME_LABEL, PROVIDER_LABEL, Engine, MoveView
 from tidepool.registry.v1 import registry_pb2 as pb
 from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
+from tidepool.runtime.channel import auth_metadata, open_channel
 from tidepool.runtime.rules import POOL_LABEL
 
 T = TypeVar("T")

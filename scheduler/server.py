@@ -17,14 +17,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from registry.sdk import ConfigError, StatusServer
-from registry.sdk.options import format_host_port, parse_host_port
-from registry.sdk.process_main import process_main
 from scheduler.config import SchedulerConfig, parse_config
 from scheduler.policy import Policy, PolicyError, load_policy
 from scheduler.providers import LocalProvider, Provider
 from scheduler.registry_client import SchedulerRegistry
 from scheduler.runner import SchedulerRunner
+from tidepool.runtime.options import ConfigError, format_host_port, parse_host_port
+from tidepool.runtime.process_main import process_main
+from tidepool.runtime.status_http import StatusServer
 
 COMPONENT = "scheduler"
 FIRST_ROLE_TIMEOUT_S = 30.0

@@ -16,10 +16,10 @@ from collections.abc import Mapping, Sequence
 
 import uvloop
 
-from registry.sdk.options import ConfigError, parse_host_port
 from router.config import parse_config
 from router.server import READY_PREFIX
 from router.server import main as serve_one
+from tidepool.runtime.options import ConfigError, parse_host_port
 from tidepool.supervise import ChildError, start_children, stop_event, until_stopped_or_exited
 
 READY_TIMEOUT_S = 60.0

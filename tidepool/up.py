@@ -25,8 +25,11 @@ from pathlib import Path
 import grpc
 import uvloop
 
-from registry.sdk.channel import auth_metadata, open_channel
-from registry.sdk.options import (
+from scheduler.policy import DEFAULT_POLICY_TEXT
+from tidepool.registry.v1 import registry_pb2 as pb
+from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
+from tidepool.runtime.channel import auth_metadata, open_channel
+from tidepool.runtime.options import (
     CommandParser,
     ConfigError,
     Option,
@@ -35,9 +38,6 @@ from registry.sdk.options import (
     parse_positive_float,
     resolve,
 )
-from scheduler.policy import DEFAULT_POLICY_TEXT
-from tidepool.registry.v1 import registry_pb2 as pb
-from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
 from tidepool.supervise import (
     Child,
     ChildError,

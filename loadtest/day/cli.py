@@ -20,8 +20,8 @@ from loadtest.day.report import DEFAULT_SLO_MS, document, summarize, table
 from loadtest.day.simulate import DayRun, run_day
 from loadtest.day.strategies import STRATEGIES, pool_of
 from loadtest.day.traffic import LANGS, PROFILES, Trace, TraceError, parse_csv, profile
-from registry.sdk.options import CommandParser
 from scheduler.policy import Policy, PolicyError, load_policy, parse_policy
+from tidepool.runtime.options import CommandParser
 
 PROG = "tidepool loadtest day"
 EPILOG = """\

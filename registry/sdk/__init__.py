@@ -1,6 +1,8 @@
 """The tidepool engine SDK: register an engine, heartbeat its load, obey directives.
 
-Everything an engine needs is importable from here; the submodules are an
+Everything an engine needs is importable from here, and only that: the helpers the
+tidepool processes share live in `tidepool.runtime`, and what routers, `ctl` and the
+scheduler share as registry clients in `registry.client`. The submodules are an
 implementation detail and may move.
 """
 
@@ -15,8 +17,6 @@ from registry.sdk.agent import (
     LoadSource,
     new_instance_id,
 )
-from registry.sdk.backoff import Backoff
-from registry.sdk.channel import auth_metadata, channel_options, open_channel
 from registry.sdk.errors import (
     AgentError,
     AgentStateError,
@@ -25,16 +25,13 @@ from registry.sdk.errors import (
     RegistryUnavailableError,
 )
 from registry.sdk.gpu import GpuSample, GpuSampler, NvmlSampler, sample_gpu
-from registry.sdk.options import ConfigError, Option, add_options, resolve
-from registry.sdk.signals import ShutdownSignals, run_until_signal, unless_signalled
-from registry.sdk.status_http import StatusServer
+from registry.sdk.signals import run_until_signal
+from tidepool.runtime.signals import ShutdownSignals, unless_signalled
 
 __all__ = [
     "AgentConfig",
     "AgentError",
     "AgentStateError",
-    "Backoff",
-    "ConfigError",
     "DirectiveHandler",
     "EngineAgent",
     "EngineStatus",
@@ -44,17 +41,10 @@ __all__ = [
     "LoadReport",
     "LoadSource",
     "NvmlSampler",
-    "Option",
     "RegistrationError",
     "RegistryUnavailableError",
     "ShutdownSignals",
-    "StatusServer",
-    "add_options",
-    "auth_metadata",
-    "channel_options",
     "new_instance_id",
-    "open_channel",
-    "resolve",
     "run_until_signal",
     "sample_gpu",
     "unless_signalled",

@@ -26,8 +26,6 @@ from typing import Any, Protocol
 
 import grpc
 
-from registry.sdk.backoff import Backoff, RandomSource
-from registry.sdk.channel import auth_metadata, open_channel, sleep_until_reconnected
 from registry.sdk.errors import (
     AgentError,
     AgentStateError,
@@ -39,14 +37,14 @@ from registry.sdk.errors import (
     translate_status,
 )
 from registry.sdk.gpu import GpuSample, GpuSampler, NvmlSampler, sample_gpu
-from registry.sdk.options import parse_host_port
 from tidepool.registry.v1 import registry_pb2, registry_pb2_grpc
-from tidepool.runtime.rules import INSTANCE_ID, INSTANCE_ID_RULE, WEIGHT_MAX
+from tidepool.runtime.backoff import Backoff, RandomSource
+from tidepool.runtime.channel import auth_metadata, open_channel, sleep_until_reconnected
+from tidepool.runtime.options import parse_host_port
+from tidepool.runtime.rules import INSTANCE_ID, INSTANCE_ID_RULE, METRICS_PORT_LABEL, WEIGHT_MAX
 
 log = logging.getLogger(__name__)
 
-METRICS_PORT_LABEL = "metrics_port"
-"""The label that carries `AgentConfig.metrics_port`; the registry's Consul API reads it."""
 DEFAULT_HEARTBEAT_INTERVAL_S = 5.0
 """Used when a registry answers without an interval (it always should)."""
 IDLE_POLL_S = 0.05

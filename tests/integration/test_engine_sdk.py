@@ -24,11 +24,11 @@ from registry.sdk import (
     RegistrationError,
     RegistryUnavailableError,
 )
-from registry.sdk.channel import channel_options
 from tests.support.fake_nvml import FakeGpu, FakeNvml
 from tests.support.processes import ProcessSet, python_args, wait_until_async
 from tidepool.registry.v1 import registry_pb2 as pb
 from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
+from tidepool.runtime.channel import channel_options
 
 TOKEN = "engine-secret"
 WAIT_S = 10.0

@@ -46,12 +46,11 @@ from registry.sdk import (
     EngineAgent,
     GpuSample,
     LoadReport,
-    ShutdownSignals,
-    StatusServer,
     new_instance_id,
     run_until_signal,
-    unless_signalled,
 )
+from tidepool.runtime.signals import ShutdownSignals, unless_signalled
+from tidepool.runtime.status_http import StatusServer
 
 SERVICE = "tidepool.test.v1.Echo"
 READY_PREFIX = "tidepool echo-engine ready"

@@ -13,10 +13,10 @@ from typing import Any
 import grpc
 
 from registry.config import RegistryConfig
-from registry.sdk.channel import auth_metadata, open_channel
 from registry.server import RegistryServer, build_server
 from tidepool.registry.v1 import registry_pb2 as pb
 from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
+from tidepool.runtime.channel import auth_metadata, open_channel
 
 FAST = {"heartbeat_interval": 0.1, "ttl": 0.5, "restart_grace": 0.5}
 

@@ -8,10 +8,10 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from registry.sdk.channel import auth_metadata, channel_options
 from tidepool.ctl.diagnose import not_a_registry, suspect
 from tidepool.registry.v1 import registry_pb2 as pb
 from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
+from tidepool.runtime.channel import auth_metadata, channel_options
 
 T = TypeVar("T")
 CALL_TIMEOUT_S = 10.0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, NoReturn
 
-from registry.sdk.options import CONFIG_ENV, CommandParser, Option, parse_host_port
+from tidepool.runtime.options import CONFIG_ENV, CommandParser, Option, parse_host_port
 
 OUTPUTS = ("json", "wide")
 

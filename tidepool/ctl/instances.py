@@ -11,12 +11,12 @@ import sys
 import time
 from collections.abc import Iterator
 
-from registry.sdk.backoff import Backoff
-from registry.sdk.states import STATES_BY_NAME
+from registry.client import STATES_BY_NAME
 from tidepool.ctl.client import CtlError, RegistryClient, RegistryGoneError
 from tidepool.ctl.render import instance_json, instances_table, json_text
 from tidepool.ctl.watch import HEADER, LEGEND, Keep, WatchView
 from tidepool.registry.v1 import registry_pb2 as pb
+from tidepool.runtime.backoff import Backoff
 from tidepool.runtime.selector import Selector
 
 RECONNECT_MIN_S = 0.5

@@ -8,8 +8,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from registry.sdk.options import ConfigError, parse_positive_float, resolve
-from registry.sdk.states import STATES_BY_NAME
+from registry.client import STATES_BY_NAME
 from tidepool.ctl.client import CtlError, RegistryClient
 from tidepool.ctl.flags import OPTIONS, CtlParser, add_global_flags, finish
 from tidepool.ctl.instances import cmd_drain, cmd_instances, cmd_restore, cmd_weight
@@ -22,6 +21,7 @@ from tidepool.ctl.render import (
 )
 from tidepool.ctl.scheduling import cmd_move, cmd_moves, cmd_pools, cmd_top
 from tidepool.registry.v1 import registry_pb2 as pb
+from tidepool.runtime.options import ConfigError, parse_positive_float, resolve
 from tidepool.runtime.rules import RuleError
 from tidepool.runtime.selector import Selector, parse_selector
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from registry.sdk.states import MOVE_STATE_NAMES, state_name
+from registry.client import MOVE_STATE_NAMES, state_name
 from tidepool.ctl.render import age_text, clip, table
 from tidepool.registry.v1 import registry_pb2 as pb
 from tidepool.runtime.rules import POOL_LABEL

@@ -8,7 +8,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from registry.sdk.states import state_name
+from registry.client import state_name
 from tidepool.registry.v1 import registry_pb2 as pb
 
 INSTANCE_HEADERS = (

@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from registry.sdk.states import state_name
+from registry.client import state_name
 from tidepool.ctl.moves import finished, move_state
 from tidepool.ctl.pools import NO_STATUS_NOTE, age_s, percent, published
 from tidepool.ctl.render import age_text, clip, clip_middle

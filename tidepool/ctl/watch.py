@@ -14,8 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from registry.sdk.snapshots import SnapshotChunks
-from registry.sdk.states import state_name
+from registry.client import SnapshotChunks, state_name
 from tidepool.ctl.render import alias_json, instance_json, tenant_json
 from tidepool.registry.v1 import registry_pb2 as pb
 

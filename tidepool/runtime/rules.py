@@ -21,9 +21,12 @@ Tier = Literal["idc", "cvm", "serverless"]
 LANGS: tuple[Lang, ...] = ("zh", "en")
 """The languages the engines serve today (each is a model)."""
 TIERS: tuple[Tier, ...] = ("idc", "cvm", "serverless")
+"""Capacity tiers, cheapest to add last: idc is the fixed fleet."""
 POOL_LABEL = "pool"
 """The label that puts an instance in a pool (an alias's rule is `pool=NAME`)."""
-"""Capacity tiers, cheapest to add last: idc is the fixed fleet."""
+METRICS_PORT_LABEL = "metrics_port"
+"""The label an engine publishes its metrics port under (the Consul catalog's
+`tidepool-engine-metrics` service is built from it)."""
 
 # Patterns are used with fullmatch: `$` alone would also accept a trailing "\n".
 NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")

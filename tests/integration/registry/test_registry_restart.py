@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from registry.sdk.channel import open_channel
 from tests.support.processes import ProcessSet, RunningProcess, python_args
 from tests.support.registry_harness import Clients, RawEngine, registration, state_of, wait_for
 from tidepool.registry.v1 import registry_pb2 as pb
+from tidepool.runtime.channel import open_channel
 
 pytestmark = pytest.mark.timeout(45)
 

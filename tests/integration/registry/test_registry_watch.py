@@ -13,7 +13,6 @@ from typing import Any
 import grpc
 import pytest
 
-from registry.sdk.channel import open_channel
 from registry.server import RegistryServer
 from tests.support.registry_harness import (
     RawEngine,
@@ -24,6 +23,7 @@ from tests.support.registry_harness import (
 )
 from tidepool.registry.v1 import registry_pb2 as pb
 from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
+from tidepool.runtime.channel import open_channel
 
 pytestmark = pytest.mark.timeout(30)
 

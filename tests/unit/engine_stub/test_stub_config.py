@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from engine_stub.config import EngineStubConfig, FaultConfig, parse_config, parse_labels
-from registry.sdk import ConfigError
+from tidepool.runtime.options import ConfigError
 
 
 def test_defaults_bind_to_loopback() -> None:

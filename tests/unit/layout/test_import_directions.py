@@ -12,6 +12,9 @@ ROOT = Path(__file__).resolve().parents[3]
 PROJECT = ("registry", "router", "engine_stub", "scheduler", "tidepool", "loadtest")
 RUNTIME = "tidepool.runtime"
 GENERATED = ("tidepool.registry.v1", "tidepool.engine.v1")
+CLIENT_PACKAGES = ("registry.sdk", "registry.client")
+"""The registry's client side: the engine SDK and what routers, ctl and the scheduler share."""
+SHARED = (RUNTIME, *GENERATED)
 
 
 def _modules(package: str) -> Iterator[Path]:
@@ -34,27 +37,59 @@ def _allowed(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-@pytest.mark.parametrize("package", ["router", "engine_stub", "scheduler"])
-def test_clients_of_the_registry_import_only_the_sdk_the_runtime_and_the_protocol(
+def _under(path: Path, package: str) -> bool:
+    return path.is_relative_to(ROOT / package.replace(".", "/"))
+
+
+def _is_public_client_api(name: str) -> bool:
+    """The engine SDK and the registry-client package are used through their __init__ only."""
+    return name in CLIENT_PACKAGES
+
+
+@pytest.mark.parametrize("package", ["router", "engine_stub", "scheduler", "tidepool/ctl"])
+def test_clients_of_the_registry_import_only_the_client_api_the_runtime_and_the_protocol(
     package: str,
 ) -> None:
-    allowed = (package, "registry.sdk", RUNTIME, *GENERATED)
+    own = (package.replace("/", "."),)
     bad = {
         f"{path.relative_to(ROOT)} imports {name}"
         for path in _modules(package)
         for name in _project_imports(path)
-        if not _allowed(name, allowed)
+        if not (_allowed(name, (*own, *SHARED)) or name in CLIENT_PACKAGES)
     }
     assert not bad, sorted(bad)
 
 
-def test_sdk_never_imports_the_registry_server_side() -> None:
-    allowed = ("registry.sdk", RUNTIME, *GENERATED)
+def test_nothing_outside_them_imports_a_submodule_of_the_sdk_or_the_client_package() -> None:
+    bad = {
+        f"{path.relative_to(ROOT)} imports {name}"
+        for package in PROJECT
+        if (ROOT / package).is_dir()
+        for path in _modules(package)
+        if not any(_under(path, pkg) for pkg in CLIENT_PACKAGES)
+        for name in _project_imports(path)
+        if any(name.startswith(pkg + ".") for pkg in CLIENT_PACKAGES)
+    }
+    assert not bad, sorted(bad)
+
+
+def test_sdk_and_client_package_never_import_the_registry_server_side() -> None:
+    bad = {
+        f"{path.relative_to(ROOT)} imports {name}"
+        for pkg in CLIENT_PACKAGES
+        for path in _modules(pkg.replace(".", "/"))
+        for name in _project_imports(path)
+        if not _allowed(name, (*CLIENT_PACKAGES, RUNTIME, *GENERATED))
+    }
+    assert not bad, sorted(bad)
+
+
+def test_the_engine_sdk_does_not_depend_on_the_registry_client_package() -> None:
     bad = {
         f"{path.relative_to(ROOT)} imports {name}"
         for path in _modules("registry/sdk")
         for name in _project_imports(path)
-        if not _allowed(name, allowed)
+        if _allowed(name, ("registry.client",))
     }
     assert not bad, sorted(bad)
 

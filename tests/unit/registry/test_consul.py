@@ -27,7 +27,7 @@ from registry.consul import (
 from registry.errors import InvalidArgumentError
 from registry.lease import LeaseConfig, LeaseTable
 from registry.records import InstanceRecord, frozen_labels
-from registry.sdk.status_http import parse_request_head
+from tidepool.runtime.status_http import parse_request_head
 
 
 def _catalog(*records: InstanceRecord) -> Catalog:

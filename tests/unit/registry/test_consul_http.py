@@ -14,9 +14,9 @@ from registry.consul_http import ConsulApi, WaiterBudget
 from registry.errors import RateLimitedError
 from registry.lease import LeaseConfig, LeaseTable
 from registry.records import InstanceRecord, frozen_labels
-from registry.sdk.options import ConfigError
-from registry.sdk.status_http import HttpRequest, HttpResponse
 from registry.server import parser
+from tidepool.runtime.options import ConfigError
+from tidepool.runtime.status_http import HttpRequest, HttpResponse
 
 
 class FakeClock:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from registry.sdk.options import ConfigError
 from router import server
 from router.config import RouterConfig, parse_config
 from router.proxy import DEFAULT_UNARY_METHODS
 from router.slow_start import SlowStartConfig
+from tidepool.runtime.options import ConfigError
 
 
 def test_no_flags_give_the_documented_defaults() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from registry.sdk import ConfigError
 from scheduler.config import parse_config
+from tidepool.runtime.options import ConfigError
 
 
 @pytest.mark.parametrize(

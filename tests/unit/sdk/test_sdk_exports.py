@@ -1,4 +1,5 @@
-"""The SDK's public surface: everything in __all__ exists, and nothing leaks in unnoticed."""
+"""The SDK's public surface is what an engine needs: everything in __all__ exists, and
+nothing leaks in unnoticed (the shared process helpers live in tidepool.runtime)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ EXPECTED = {
     "AgentConfig",
     "AgentError",
     "AgentStateError",
-    "Backoff",
-    "ConfigError",
     "DirectiveHandler",
     "EngineAgent",
     "EngineStatus",
@@ -19,17 +18,10 @@ EXPECTED = {
     "LoadReport",
     "LoadSource",
     "NvmlSampler",
-    "Option",
     "RegistrationError",
     "RegistryUnavailableError",
     "ShutdownSignals",
-    "StatusServer",
-    "add_options",
-    "auth_metadata",
-    "channel_options",
     "new_instance_id",
-    "open_channel",
-    "resolve",
     "run_until_signal",
     "sample_gpu",
     "unless_signalled",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from registry.sdk.snapshots import SnapshotChunks
+from registry.client import SnapshotChunks
 from tidepool.registry.v1 import registry_pb2 as pb
 
 SNAPSHOT = pb.WatchEvent.KIND_SNAPSHOT

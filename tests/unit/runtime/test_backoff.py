@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from registry.sdk.backoff import Backoff
+from tidepool.runtime.backoff import Backoff
 
 
 def test_ceiling_doubles_from_min_until_max() -> None:

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from registry.sdk.signals import ShutdownSignals, unless_signalled
+from tidepool.runtime.signals import ShutdownSignals, unless_signalled
 
 
 async def test_finished_work_returns_true() -> None:

@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 import uvloop
 
-from registry.sdk.options import ConfigError
+from tidepool.runtime.options import ConfigError
 
 
 class _HasLogLevel(Protocol):

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from registry.config import OPTIONS, RegistryConfig
-from registry.sdk.options import CommandParser, ConfigError, add_options, parse_host_port, resolve
+from tidepool.runtime.options import (
+    CommandParser,
+    ConfigError,
+    add_options,
+    parse_host_port,
+    resolve,
+)
 
 
 def _parse(argv: list[str]) -> object:

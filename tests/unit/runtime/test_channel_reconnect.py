@@ -7,7 +7,7 @@ import asyncio
 import grpc
 import pytest
 
-from registry.sdk.channel import (
+from tidepool.runtime.channel import (
     channel_options,
     registry_channel_options,
     sleep_until_reconnected,
