@@ -12,16 +12,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from types import MappingProxyType
-from typing import Any
 
 from tidepool.runtime.options import (
     CommandParser,
     ConfigError,
-    Option,
     add_options,
+    number,
+    optional_whole,
+    options_for,
     parse_choice,
     parse_host_port,
     resolve,
+    setting,
+    whole,
 )
 from tidepool.runtime.rules import LANGS, TIERS, WEIGHT_MAX, Lang, Tier
 
@@ -30,21 +33,32 @@ RESERVED_LABELS = {"lang": "--lang", "tier": "--tier", "pool": "--pool"}
 ENV_PREFIX = "TIDEPOOL_ENGINE_"
 
 
+def parse_labels(text: str) -> dict[str, str]:
+    """ "k=v,k2=v2" → {"k": "v", "k2": "v2"}; empty text is no labels."""
+    labels: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected k=v[,k=v...], got {item!r}")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
 @dataclass(frozen=True)
 class FaultConfig:
     """Injected faults, for testing what routers and the registry do about them."""
 
-    latency_ms: float = 0.0
-    """Extra latency added to every request, in milliseconds."""
-    error_rate: float = 0.0
+    latency_s: float = setting(0.0, "extra latency per request, seconds", number(0))
+    """Extra latency added to every request."""
+    error_rate: float = setting(0.0, "fraction of requests failing with INTERNAL", number(0, 1))
     """Fraction 0..1 of requests that fail with INTERNAL "injected fault"."""
-    hang_after: int | None = None
+    hang_after: int | None = setting(None, "hang every request after N requests", optional_whole(0))
     """After this many requests every request hangs forever (a stuck GPU)."""
-    crash_after: int | None = None
+    crash_after: int | None = setting(None, "exit(1) after N requests", optional_whole(0))
     """After this many requests the process exits at once with status 1."""
 
     def __post_init__(self) -> None:
-        _need(self.latency_ms >= 0, "fault_latency_ms", "must be 0 or more", self.latency_ms)
+        _need(self.latency_s >= 0, "fault_latency_s", "must be 0 or more", self.latency_s)
         _need(0 <= self.error_rate <= 1, "fault_error_rate", "must be 0..1", self.error_rate)
         _need(
             _none_or_natural(self.hang_after),
@@ -60,35 +74,43 @@ class FaultConfig:
         )
 
 
+FAULT_FIELDS = ("latency_s", "error_rate", "hang_after", "crash_after")
+"""FaultConfig's fields, each the option `fault_<field>`."""
+
+
 @dataclass(frozen=True)
 class EngineStubConfig:
     """Everything one engine stub needs. Durations in seconds unless the name says otherwise."""
 
-    registry: str = "127.0.0.1:7700"
-    token: str | None = None
-    registry_ca: str | None = None
+    registry: str = setting("127.0.0.1:7700", "registry gRPC address", env="TIDEPOOL_REGISTRY")
+    token: str | None = setting(None, "engine token for the registry", env="TIDEPOOL_TOKEN")
+    registry_ca: str | None = setting(None, "PEM roots for TLS to the registry")
     """PEM file of roots for TLS to the registry; unset: plaintext."""
-    listen: str = "127.0.0.1:0"
-    advertise: str | None = None
+    listen: str = setting("127.0.0.1:0", "gRPC listen address (port 0: any free port)")
+    advertise: str | None = setting(
+        None, "ip[:port] to register (default: the bound listen address)"
+    )
     """ip or ip:port registered for routers; unset: the bound listen address."""
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    http_listen: str = "127.0.0.1:0"
-    service: str = "speech"
-    lang: Lang = "zh"
-    tier: Tier = "idc"
-    weight: int = 100
-    slots: int = 4
-    speed: float = 1.0
+    tls_cert: str | None = setting(None, "PEM certificate to serve gRPC over TLS")
+    tls_key: str | None = setting(None, "PEM private key for --tls-cert")
+    http_listen: str = setting("127.0.0.1:0", "HTTP address for /metrics, /healthz, /readyz")
+    service: str = setting("speech", "registry service to join")
+    lang: Lang = setting("zh", "model to load first: zh or en", parse_choice(LANGS))
+    tier: Tier = setting("idc", "capacity tier: idc, cvm or serverless", parse_choice(TIERS))
+    weight: int = setting(100, "static routing weight, 0..1000", whole(0, WEIGHT_MAX))
+    slots: int = setting(4, "requests scored at once; more wait in a queue", whole(1))
+    speed: float = setting(1.0, "relative GPU speed (latency divides by it)", number(0, above=True))
     """Relative GPU speed: 0.6 does 60 % of the work of 1.0 in the same time."""
-    model_load_seconds: float = 2.0
-    labels: Mapping[str, str] = field(default_factory=dict)
-    pool: str | None = None
-    instance_id: str | None = None
-    drain_timeout: float = 30.0
+    model_load_s: float = setting(2.0, "simulated model load time, seconds", number(0))
+    labels: Mapping[str, str] = setting(None, "extra labels, k=v,k2=v2", parse_labels)
+    pool: str | None = setting(None, "pool to start in (stored as the pool label)")
+    instance_id: str | None = setting(None, "stable instance id (default: host name + random)")
+    drain_timeout_s: float = setting(
+        30.0, "seconds to let in-flight work finish on shutdown", number(0)
+    )
     faults: FaultConfig = field(default_factory=FaultConfig)
-    seed: int | None = None
-    log_level: str = "warning"
+    seed: int | None = setting(None, "random seed for injected faults", optional_whole(0))
+    log_level: str = setting("warning", "debug, info, warning or error", parse_choice(LOG_LEVELS))
 
     def __post_init__(self) -> None:
         _need(_is_host_port(self.registry), "registry", "must be host:port", self.registry)
@@ -107,13 +129,10 @@ class EngineStubConfig:
         _need(0 <= self.weight <= WEIGHT_MAX, "weight", "must be 0..1000", self.weight)
         _need(self.slots >= 1, "slots", "must be 1 or more", self.slots)
         _need(self.speed > 0, "speed", "must be above 0", self.speed)
+        _need(self.model_load_s >= 0, "model_load_s", "must be 0 or more", self.model_load_s)
         _need(
-            self.model_load_seconds >= 0,
-            "model_load_seconds",
-            "must be 0 or more",
-            self.model_load_seconds,
+            self.drain_timeout_s >= 0, "drain_timeout_s", "must be 0 or more", self.drain_timeout_s
         )
-        _need(self.drain_timeout >= 0, "drain_timeout", "must be 0 or more", self.drain_timeout)
         _need(self.pool is None or bool(self.pool), "pool", "must not be empty", self.pool)
         _need(
             self.log_level in LOG_LEVELS,
@@ -121,6 +140,8 @@ class EngineStubConfig:
             "must be one of " + ", ".join(LOG_LEVELS),
             self.log_level,
         )
+        if self.labels is None:
+            object.__setattr__(self, "labels", {})
         for key in self.labels:
             _need(
                 key not in RESERVED_LABELS,
@@ -175,68 +196,9 @@ def _is_specific_ip(host: str) -> bool:
         return False
 
 
-# ---- flags, environment and config file -----------------------------------
-
-
-def parse_labels(text: str) -> dict[str, str]:
-    """ "k=v,k2=v2" → {"k": "v", "k2": "v2"}; empty text is no labels."""
-    labels: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"expected k=v[,k=v...], got {item!r}")
-        labels[key.strip()] = value.strip()
-    return labels
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"expected a whole number, got {text!r}") from None
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"expected a number, got {text!r}") from None
-
-
-def _optional_int(text: str) -> int | None:
-    return None if text.strip() == "" else _int(text)
-
-
-def _option(name: str, default: Any, help: str, parse: Any = str, env: str | None = None) -> Option:
-    return Option(name, env or ENV_PREFIX + name.upper(), default, help, parse)
-
-
-OPTIONS: tuple[Option, ...] = (
-    _option("registry", "127.0.0.1:7700", "registry gRPC address", env="TIDEPOOL_REGISTRY"),
-    _option("token", None, "engine token for the registry", env="TIDEPOOL_TOKEN"),
-    _option("registry_ca", None, "PEM roots for TLS to the registry"),
-    _option("listen", "127.0.0.1:0", "gRPC listen address (port 0: any free port)"),
-    _option("advertise", None, "ip[:port] to register (default: the bound listen address)"),
-    _option("tls_cert", None, "PEM certificate to serve gRPC over TLS"),
-    _option("tls_key", None, "PEM private key for --tls-cert"),
-    _option("http_listen", "127.0.0.1:0", "HTTP address for /metrics, /healthz, /readyz"),
-    _option("service", "speech", "registry service to join"),
-    _option("lang", "zh", "model to load first: zh or en", parse_choice(LANGS)),
-    _option("tier", "idc", "capacity tier: idc, cvm or serverless", parse_choice(TIERS)),
-    _option("weight", 100, "static routing weight, 0..1000", _int),
-    _option("slots", 4, "requests scored at once; more wait in a queue", _int),
-    _option("speed", 1.0, "relative GPU speed (latency divides by it)", _float),
-    _option("model_load_seconds", 2.0, "simulated model load time", _float),
-    _option("labels", None, "extra labels, k=v,k2=v2", parse_labels),
-    _option("pool", None, "pool to start in (stored as the pool label)"),
-    _option("instance_id", None, "stable instance id (default: host name + random)"),
-    _option("drain_timeout", 30.0, "seconds to let in-flight work finish on shutdown", _float),
-    _option("fault_latency_ms", 0.0, "extra latency per request, ms", _float),
-    _option("fault_error_rate", 0.0, "fraction of requests failing with INTERNAL", _float),
-    _option("fault_hang_after", None, "hang every request after N requests", _optional_int),
-    _option("fault_crash_after", None, "exit(1) after N requests", _optional_int),
-    _option("seed", None, "random seed for injected faults", _optional_int),
-    _option("log_level", "warning", "debug, info, warning or error", parse_choice(LOG_LEVELS)),
+OPTIONS = (
+    *options_for(EngineStubConfig, ENV_PREFIX),
+    *options_for(FaultConfig, ENV_PREFIX, prefix="fault_"),
 )
 
 
@@ -252,11 +214,5 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> EngineStubC
     An unknown flag exits (SystemExit 2) after one line on stderr, as argparse does.
     """
     values = resolve(OPTIONS, build_parser().parse_args(list(argv)), environ)
-    values["labels"] = values["labels"] or {}
-    faults = FaultConfig(
-        latency_ms=values.pop("fault_latency_ms"),
-        error_rate=values.pop("fault_error_rate"),
-        hang_after=values.pop("fault_hang_after"),
-        crash_after=values.pop("fault_crash_after"),
-    )
-    return EngineStubConfig(faults=faults, **values)
+    faults = {name: values.pop("fault_" + name) for name in FAULT_FIELDS}
+    return EngineStubConfig(faults=FaultConfig(**faults), **values)

@@ -30,7 +30,7 @@ class FaultPlan:
 
     @property
     def extra_latency_s(self) -> float:
-        return self._config.latency_ms / 1000
+        return self._config.latency_s
 
     def next(self) -> Fault:
         """The fault for the next request; requests 1..N are spared by --fault-*-after N."""

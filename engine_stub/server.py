@@ -88,8 +88,8 @@ class EngineStub:
 
     async def load_model(self, sleep: Sleep = asyncio.sleep) -> None:
         """Simulate loading the first model; the engine refuses work until it is done."""
-        log.info("loading model %s (%.1fs)", self.model.lang, self.config.model_load_seconds)
-        await sleep(self.config.model_load_seconds)
+        log.info("loading model %s (%.1fs)", self.model.lang, self.config.model_load_s)
+        await sleep(self.config.model_load_s)
         # Take work from now on; health turns SERVING only once registered (readiness).
         self.pool.accept()
 
@@ -150,8 +150,8 @@ def _directive_handler(
     return StubDirectiveHandler(
         pool,
         model,
-        load_s=config.model_load_seconds,
-        drain_timeout_s=config.drain_timeout,
+        load_s=config.model_load_s,
+        drain_timeout_s=config.drain_timeout_s,
         sleep=sleep,
         notify=notify,
         metrics=metrics,
@@ -201,7 +201,7 @@ def agent_config(
         capacity=config.slots,
         labels=config.registry_labels(),
         instance_id=stub.instance_id,
-        drain_timeout_s=config.drain_timeout,
+        drain_timeout_s=config.drain_timeout_s,
         root_certificates=ca,
         metrics_port=metrics_port,
     )

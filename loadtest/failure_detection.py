@@ -132,7 +132,7 @@ class Lab:
                 sys.executable, "-m", "tidepool", "engine-stub", "--registry", self.registry,
                 "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--lang", "zh",
                 "--tier", "idc", "--weight", "100", "--slots", "4",
-                "--model-load-seconds", str(self.args.model_load_seconds),
+                "--model-load-s", str(self.args.model_load_s),
             ]  # fmt: skip
         address = f"127.0.0.1:{BUILTIN_BASE_PORT + self.started}"
         return [
@@ -375,7 +375,7 @@ FLAGS: tuple[tuple[str, Any, Any, str], ...] = (
     ("--heartbeat-interval", float, 1.0, "registry heartbeat interval, seconds"),
     ("--ttl", float, 3.0, "registry TTL, seconds"),
     ("--engine", str, "auto", "auto (the stub when it works), stub, or builtin (SDK engine)"),
-    ("--model-load-seconds", float, 0.2, "the engine stub's simulated model load time"),
+    ("--model-load-s", float, 0.2, "the engine stub's simulated model load time"),
     ("--time-limit", float, 600.0, "start no new trial after this many seconds"),
     ("--seed", int, 1, "seed of the random wait before each signal"),
     ("--log-dir", str, None, "keep the logs in this directory (None: a temp dir, removed)"),

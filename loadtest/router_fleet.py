@@ -92,7 +92,7 @@ class EngineSpec:
             sys.executable, "-m", "tidepool", "engine-stub", "--registry", registry,
             "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--lang", "zh",
             "--tier", "idc", "--weight", str(self.weight), "--slots", str(self.slots),
-            "--speed", f"{self.speed:g}", "--model-load-seconds", "0",
+            "--speed", f"{self.speed:g}", "--model-load-s", "0",
             "--instance-id", self.instance_id,
         ]  # fmt: skip
 

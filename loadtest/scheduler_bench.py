@@ -123,7 +123,7 @@ class Stack:
         return await self.children.start(f"{lang}-{index}", _tidepool(
             "engine-stub", "--registry", self.registry, "--token", ENGINE_TOKEN,
             "--instance-id", f"{lang}-{index}", "--lang", lang, "--slots", "4",
-            "--speed", SPEED, "--model-load-seconds", "1",
+            "--speed", SPEED, "--model-load-s", "1",
         ))  # fmt: skip
 
     async def close(self) -> None:

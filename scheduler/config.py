@@ -11,41 +11,50 @@ import os
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from tidepool.runtime.options import (
     CommandParser,
     ConfigError,
-    Option,
     add_options,
+    host_port,
+    options_for,
     parse_bool,
     parse_choice,
-    parse_host_port,
     resolve,
+    setting,
 )
 
 ENV = "TIDEPOOL_SCHEDULER_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def _holder_id(text: str) -> str:
+    ok = text and text[0].isalnum() and len(text) <= 128
+    if text and not (ok and all(c.isalnum() or c in "._-" for c in text)):
+        raise ValueError(f"expected letters, digits, '.', '_' or '-' (1..128), got {text!r}")
+    return text
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """Everything one scheduler process needs."""
+    """Everything one scheduler process needs; each field is also a flag, env var and key."""
 
-    policy: str
-    """Path of the TOML policy file."""
-    registry: str = "127.0.0.1:7700"
-    token: str | None = None
+    policy: str = setting("", "TOML policy: pools, watermarks, tenants, providers (required)")
+    registry: str = setting(
+        "127.0.0.1:7700", "registry gRPC address", host_port, env="TIDEPOOL_REGISTRY"
+    )
+    token: str | None = setting(None, "registry admin token", env="TIDEPOOL_TOKEN")
     """Admin token: the scheduler labels, drains and moves engines."""
-    engine_token: str | None = None
-    """Engine token handed to engines the local provider starts."""
-    http_listen: str = "127.0.0.1:7720"
-    """/metrics, /healthz, /readyz."""
-    dry_run: bool = False
+    engine_token: str | None = setting(None, "engine token for engines the local provider starts")
+    http_listen: str = setting(
+        "127.0.0.1:7720", "HTTP address: /metrics /healthz /readyz", host_port
+    )
+    dry_run: bool = setting(
+        False, "print the decisions it would make and change nothing", parse_bool
+    )
     """Print the decisions it would make; change nothing (and never lead)."""
-    id: str = ""
-    """This scheduler's holder id in the leader election (default: host-pid)."""
-    log_level: str = "info"
+    id: str = setting("", "holder id in the leader election (default: host-pid)", _holder_id)
+    log_level: str = setting("info", "debug, info, warning or error", parse_choice(LOG_LEVELS))
 
     def __post_init__(self) -> None:
         if not self.policy:
@@ -59,32 +68,7 @@ def default_id() -> str:
     return f"{(host.lstrip('._-') or 'scheduler')[:40]}-{os.getpid()}"
 
 
-def _host_port(text: str) -> str:
-    parse_host_port(text)
-    return text
-
-
-def _holder_id(text: str) -> str:
-    ok = text and text[0].isalnum() and len(text) <= 128
-    if text and not (ok and all(c.isalnum() or c in "._-" for c in text)):
-        raise ValueError(f"expected letters, digits, '.', '_' or '-' (1..128), got {text!r}")
-    return text
-
-
-def _o(name: str, default: Any, help: str, parse: Any = str, env: str | None = None) -> Option:
-    return Option(name, env or ENV + name.upper(), default, help, parse)
-
-
-OPTIONS: tuple[Option, ...] = (
-    _o("registry", "127.0.0.1:7700", "registry gRPC address", _host_port, "TIDEPOOL_REGISTRY"),
-    _o("token", None, "registry admin token", env="TIDEPOOL_TOKEN"),
-    _o("policy", "", "TOML policy: pools, watermarks, tenants, providers (required)"),
-    _o("engine_token", None, "engine token for engines the local provider starts"),
-    _o("http_listen", "127.0.0.1:7720", "HTTP address: /metrics /healthz /readyz", _host_port),
-    _o("dry_run", False, "print the decisions it would make and change nothing", parse_bool),
-    _o("id", "", "holder id in the leader election (default: host-pid)", _holder_id),
-    _o("log_level", "info", "debug, info, warning or error", parse_choice(LOG_LEVELS)),
-)
+OPTIONS = options_for(SchedulerConfig, ENV)
 
 
 def parser() -> argparse.ArgumentParser:

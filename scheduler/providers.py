@@ -103,7 +103,7 @@ class LocalProvider:
             "--weight", str(policy.weight_for(tier)),  # type: ignore[arg-type]
             "--slots", str(policy.slots),
             "--speed", str(policy.speed),
-            "--model-load-seconds", str(policy.model_load_s),
+            "--model-load-s", str(policy.model_load_s),
         ])  # fmt: skip
         if self.engine_token:
             argv += ["--token", self.engine_token]

@@ -119,8 +119,8 @@ OPTIONS = (
         parse_fleet,
     ),
     Option(
-        "model_load_seconds",
-        ENV + "MODEL_LOAD_SECONDS",
+        "model_load_s",
+        ENV + "MODEL_LOAD_S",
         1.0,
         "simulated model load time of each engine",
         parse_positive_float,
@@ -193,8 +193,8 @@ def _engine_args(spec: EngineSpec, registry: str, settings: Mapping[str, object]
         str(spec.weight),
         "--speed",
         str(spec.speed),
-        "--model-load-seconds",
-        str(settings["model_load_seconds"]),
+        "--model-load-s",
+        str(settings["model_load_s"]),
     ]
     if settings["engine_token"]:
         args += ["--token", str(settings["engine_token"])]

@@ -113,7 +113,7 @@ class Cluster:
                 self.processes.spawn(
                     _tidepool(
                         "engine-stub", "--registry", self.registry, "--token", ENGINE_TOKEN,
-                        "--lang", lang, "--model-load-seconds", "0", "--drain-timeout", "1",
+                        "--lang", lang, "--model-load-s", "0", "--drain-timeout-s", "1",
                         "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
                     )
                 ),

@@ -51,7 +51,7 @@ def stub_args(registry: RunningProcess, *extra: str, token: str = ENGINE_TOKEN) 
     return python_args(
         "engine_stub.server",
         *("--registry", registry.grpc, "--token", token),
-        *("--model-load-seconds", "0.2", "--log-level", "info"),
+        *("--model-load-s", "0.2", "--log-level", "info"),
         *extra,
     )
 
@@ -231,7 +231,7 @@ async def test_sigint_during_model_load_exits_0_without_registering(
         python_args(
             "engine_stub.server",
             *("--registry", registry.grpc, "--token", ENGINE_TOKEN, "--instance-id", "never"),
-            *("--model-load-seconds", "60", "--log-level", "info"),
+            *("--model-load-s", "60", "--log-level", "info"),
         )
     )
     await wait_until_async(lambda: "loading model zh" in stub.stderr(), WAIT_S, "no model load")
@@ -313,7 +313,7 @@ async def test_hung_gpu_keeps_heartbeating_and_the_registry_marks_it_stalled(
 ) -> None:
     stub = start_stub(
         processes, registry, "--instance-id", "stuck", "--fault-hang-after", "0",
-        "--drain-timeout", "0.5",
+        "--drain-timeout-s", "0.5",
     )  # fmt: skip
     evaluator = epb_grpc.EvaluatorStub(channel_to(channels, stub.grpc))
     hung = asyncio.ensure_future(evaluator.Evaluate(evaluate_request(), timeout=30))

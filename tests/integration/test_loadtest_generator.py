@@ -50,7 +50,7 @@ def start_engine(
     return processes.start(
         [
             *(*TIDEPOOL, "engine-stub", "--registry", registry.grpc, "--token", ENGINE_TOKEN),
-            *("--instance-id", instance_id, "--model-load-seconds", "0", "--slots", "16"),
+            *("--instance-id", instance_id, "--model-load-s", "0", "--slots", "16"),
             *("--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--lang", lang),
         ],
         "tidepool engine-stub ready",

@@ -59,7 +59,7 @@ def test_up_runs_a_mixed_fleet_until_interrupted(tmp_path: Path) -> None:
             "127.0.0.1:0",
             "--fleet",
             FLEET,
-            "--model-load-seconds",
+            "--model-load-s",
             "0.1",
         ],
         stdout=subprocess.PIPE,

@@ -342,7 +342,7 @@ class EngineSpec:
             *("--registry", target, "--token", ENGINE_TOKEN),
             *("--instance-id", self.id, "--lang", self.lang, "--weight", str(self.weight)),
             *("--slots", str(self.slots), "--speed", self.speed),
-            *("--model-load-seconds", f"{self.model_load_s:g}", "--drain-timeout", "5"),
+            *("--model-load-s", f"{self.model_load_s:g}", "--drain-timeout-s", "5"),
             *pool,
             *self.extra,
         )

@@ -2,8 +2,9 @@
 
 Every setting of every tidepool process has one flag, one environment variable and
 one config-file key. Precedence: flag, then environment, then config file, then the
-default. Components declare their options here and build their frozen `*Config`
-from the resolved values in their own `config.py`.
+default. A component declares each setting once, as a field of its frozen `*Config`
+dataclass made with `setting(...)`; `options_for` derives the options from the fields,
+and the config's `__post_init__` is the one place for checks across fields.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -47,6 +48,55 @@ def _number(text: str, kind: type[float] | type[int]) -> float:
         raise ValueError(f"must be {noun}, got {text!r}") from None
 
 
+def number(low: float, high: float | None = None, *, above: bool = False) -> Callable[[str], float]:
+    """A parser of numbers in [low, high] (or above `low`), saying the rule when out of it."""
+
+    def parse(text: str) -> float:
+        value = _number(text, float)
+        too_low = value <= low if above else value < low
+        if too_low or (high is not None and value > high) or value != value:
+            bound = f"above {low:g}" if above else f"{low:g} or more"
+            rule = f"within {low:g}..{high:g}" if high is not None else bound
+            raise ValueError(f"must be {rule}, got {text}")
+        return value
+
+    return parse
+
+
+def whole(low: int, high: int | None = None) -> Callable[[str], int]:
+    """A parser of whole numbers in [low, high]."""
+
+    def parse(text: str) -> int:
+        value = int(_number(text, int))
+        if value < low or (high is not None and value > high):
+            rule = f"within {low}..{high}" if high is not None else f"{low} or more"
+            raise ValueError(f"must be {rule}, got {value}")
+        return value
+
+    return parse
+
+
+def optional_whole(low: int) -> Callable[[str], int | None]:
+    """`whole(low)`, or None for an empty value (the setting is off)."""
+    parse_whole = whole(low)
+
+    def parse(text: str) -> int | None:
+        return None if text.strip() == "" else parse_whole(text)
+
+    return parse
+
+
+def host_port(text: str) -> str:
+    """A HOST:PORT setting, checked and kept as written."""
+    parse_host_port(text)
+    return text
+
+
+def optional_path(text: str) -> str | None:
+    """A file setting where the empty string turns it off."""
+    return text or None
+
+
 def parse_positive_float(text: str) -> float:
     value = _number(text, float)
     if not value > 0:
@@ -77,17 +127,72 @@ class Option:
         return "--" + self.name.replace("_", "-")
 
 
-def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
-    """Declare `options` on `parser`; values stay None so `resolve` can see what was given."""
-    for option in options:
-        shown = "unset" if option.default is None else repr(option.default)
-        parser.add_argument(
-            option.flag,
-            dest=option.name,
-            default=None,
-            metavar=option.metavar,
-            help=f"{option.help} [env {option.env}; default {shown}]",
-        )
+@dataclass(frozen=True)
+class OptionSpec:
+    """What a config field adds to become an option (kept in the field's metadata)."""
+
+    help: str
+    parse: Callable[[str], Any] = str
+    env: str | None = None
+    """The whole environment variable name, where it is not the component's prefix + NAME."""
+    metavar: str | None = None
+
+
+OPTION_KEY = "tidepool.option"
+
+
+def setting(
+    default: Any,
+    help: str,
+    parse: Callable[[str], Any] = str,
+    *,
+    env: str | None = None,
+    metavar: str | None = None,
+) -> Any:
+    """A config dataclass field that is also a flag, an environment variable and a config key."""
+    return field(default=default, metadata={OPTION_KEY: OptionSpec(help, parse, env, metavar)})
+
+
+def options_for(config: type, env_prefix: str, *, prefix: str = "") -> tuple[Option, ...]:
+    """The options of a config dataclass: one per field made with `setting`, in field order.
+
+    `prefix` names the options of a nested config (`fault_` + `latency_s`).
+    """
+    result = []
+    for item in fields(config):
+        spec = item.metadata.get(OPTION_KEY)
+        if spec is None:
+            continue
+        name = prefix + item.name
+        default = None if item.default is MISSING else item.default
+        env = spec.env or env_prefix + name.upper()
+        result.append(Option(name, env, default, spec.help, spec.parse, spec.metavar))
+    return tuple(result)
+
+
+def add_option(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    option: Option,
+    metavar: str | None = None,
+) -> None:
+    """Declare one option; its value stays None so `resolve` can see whether it was given."""
+    default = option.default
+    if default is None:
+        shown = "unset"
+    elif isinstance(default, tuple):
+        shown = repr(",".join(map(str, default)))
+    else:
+        shown = repr(default)
+    parser.add_argument(
+        option.flag,
+        dest=option.name,
+        default=None,
+        metavar=metavar or option.metavar,
+        help=f"{option.help} [env {option.env}; default {shown}]",
+    )
+
+
+def add_config_file_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--config",
         dest="config_file",
@@ -95,6 +200,13 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> N
         metavar="FILE",
         help=f"TOML file whose keys are the option names above [env {CONFIG_ENV}]",
     )
+
+
+def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    """Declare `options` and `--config` on `parser`."""
+    for option in options:
+        add_option(parser, option)
+    add_config_file_option(parser)
 
 
 def load_config_file(path: str) -> dict[str, Any]:

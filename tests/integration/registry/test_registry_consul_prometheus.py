@@ -78,7 +78,7 @@ def _start_fleet(processes: ProcessSet, data: Path) -> tuple[RunningProcess, lis
                 "engine_stub.server",
                 *("--registry", registry.grpc, "--token", ENGINE_TOKEN),
                 *("--instance-id", instance_id, "--lang", lang, "--tier", tier),
-                *("--model-load-seconds", "0.1"),
+                *("--model-load-s", "0.1"),
             ),
             "tidepool engine-stub ready",
             START_S,

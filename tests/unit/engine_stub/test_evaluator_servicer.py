@@ -114,7 +114,7 @@ async def test_evaluate_returns_the_deterministic_scores() -> None:
 
 
 async def test_speed_and_fault_latency_shape_the_delay() -> None:
-    engine = Engine(speed=0.5, faults=FaultConfig(latency_ms=100))
+    engine = Engine(speed=0.5, faults=FaultConfig(latency_s=0.1))
     await engine.evaluate()
     assert engine.sleep.delays == [pytest.approx(0.090 + 0.100)]
 

@@ -38,4 +38,4 @@ def test_error_rate_is_seeded_and_roughly_right() -> None:
 
 
 def test_latency_is_in_seconds() -> None:
-    assert plan(latency_ms=250).extra_latency_s == 0.25
+    assert plan(latency_s=0.25).extra_latency_s == 0.25

@@ -19,7 +19,7 @@ def test_defaults_bind_to_loopback() -> None:
         "127.0.0.1:0",
     )
     assert (config.lang, config.tier, config.weight, config.slots) == ("zh", "idc", 100, 4)
-    assert (config.speed, config.model_load_seconds, config.drain_timeout) == (1.0, 2.0, 30.0)
+    assert (config.speed, config.model_load_s, config.drain_timeout_s) == (1.0, 2.0, 30.0)
     assert config.faults == FaultConfig()
 
 
@@ -27,9 +27,9 @@ def test_flags_map_onto_fields() -> None:
     config = parse_config(
         [
             "--registry", "10.0.0.1:7700", "--token", "t", "--lang", "en", "--tier", "serverless",
-            "--weight", "60", "--slots", "8", "--speed", "0.6", "--model-load-seconds", "0",
+            "--weight", "60", "--slots", "8", "--speed", "0.6", "--model-load-s", "0",
             "--labels", "region=sh, gpu=a10", "--pool", "en-acme", "--instance-id", "e-1",
-            "--drain-timeout", "5", "--fault-latency-ms", "20", "--fault-error-rate", "0.1",
+            "--drain-timeout-s", "5", "--fault-latency-s", "0.02", "--fault-error-rate", "0.1",
             "--fault-hang-after", "3", "--fault-crash-after", "9", "--seed", "7",
             "--advertise", "10.0.0.2",
         ],
@@ -38,10 +38,10 @@ def test_flags_map_onto_fields() -> None:
     assert config.registry == "10.0.0.1:7700"
     assert config.token == "t"
     assert (config.lang, config.tier, config.weight, config.slots) == ("en", "serverless", 60, 8)
-    assert (config.speed, config.model_load_seconds) == (0.6, 0.0)
+    assert (config.speed, config.model_load_s) == (0.6, 0.0)
     assert config.labels == {"region": "sh", "gpu": "a10"}
-    assert (config.pool, config.instance_id, config.drain_timeout) == ("en-acme", "e-1", 5.0)
-    assert config.faults == FaultConfig(latency_ms=20, error_rate=0.1, hang_after=3, crash_after=9)
+    assert (config.pool, config.instance_id, config.drain_timeout_s) == ("en-acme", "e-1", 5.0)
+    assert config.faults == FaultConfig(latency_s=0.02, error_rate=0.1, hang_after=3, crash_after=9)
     assert config.seed == 7
     assert config.registry_labels() == {
         "region": "sh",
@@ -92,7 +92,7 @@ def test_config_file_is_read(tmp_path: Path) -> None:
         (["--listen", "0.0.0.0:0"], "--advertise"),
         (["--advertise", "engine.local"], "--advertise"),
         (["--tls-cert", "c.pem"], "--tls-cert"),
-        (["--model-load-seconds", "-1"], "--model-load-seconds"),
+        (["--model-load-s", "-1"], "--model-load-s"),
     ],
 )
 def test_bad_values_raise_config_error_naming_the_flag(argv: list[str], flag: str) -> None:
