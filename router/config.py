@@ -34,6 +34,7 @@ from tidepool.runtime.options import (
     setting,
     whole,
 )
+from tidepool.runtime.replicas import registry_addresses
 
 ENV = "TIDEPOOL_ROUTER_"
 DataPath = Literal["grpc", "relay"]
@@ -61,7 +62,10 @@ class RouterConfig:
     """Everything one router process needs. Durations in seconds."""
 
     registry: str = setting(
-        "127.0.0.1:7700", "registry gRPC address", host_port, env="TIDEPOOL_REGISTRY"
+        "127.0.0.1:7700",
+        "registry gRPC address; replicas comma-separated (A,B,C: the next on failure)",
+        registry_addresses,
+        env="TIDEPOOL_REGISTRY",
     )
     token: str | None = setting(None, "registry read or admin token", env="TIDEPOOL_TOKEN")
     registry_ca: str | None = setting(None, "PEM roots for TLS to the registry")
@@ -267,26 +271,33 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+METAVARS: dict[str, str] = {
+    "registry": "HOST:PORT[,…]",
+    "listen": "HOST:PORT",
+    "http_listen": "HOST:PORT",
+    "max_attempts": "N",
+    "processes": "N",
+}
+METAVAR_SUFFIXES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("_per_s",), "RATE"),
+    (("_s",), "S"),
+    (("_percent",), "PERCENT"),
+    (("_ca", "_cert", "_key", "_file"), "FILE"),
+    (("_methods",), "METHODS"),
+    (("_bytes",), "BYTES"),
+    (("_name",), "NAME"),
+)
+
+
 def _metavar(name: str) -> str:
     if name in CHOICES:
         return "{" + ",".join(CHOICES[name]) + "}"
-    if name.endswith("_per_s"):
-        return "RATE"
-    if name.endswith("_s"):
-        return "S"
-    if name.endswith("_percent"):
-        return "PERCENT"
-    if name in ("registry", "listen", "http_listen"):
-        return "HOST:PORT"
-    if name.endswith(("_ca", "_cert", "_key", "_file")):
-        return "FILE"
-    if name.endswith("_methods"):
-        return "METHODS"
-    if name.endswith("_bytes"):
-        return "BYTES"
-    if name in ("max_attempts", "processes"):
-        return "N"
-    return "NAME" if name.endswith("_name") else name.upper()
+    if name in METAVARS:
+        return METAVARS[name]
+    for suffixes, metavar in METAVAR_SUFFIXES:
+        if name.endswith(suffixes):
+            return metavar
+    return name.upper()
 
 
 def build_parser(prog: str = "tidepool router serve") -> argparse.ArgumentParser:

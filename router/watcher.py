@@ -4,7 +4,11 @@ Why it never clears the table on its own: an unreachable registry says nothing
 about the engines, so the router keeps routing on the last view (and the file
 keeps that view across a restart) while it reconnects with jittered backoff.
 Each reconnect starts with a snapshot, which replaces the view wholesale, so a
-restarted registry whose revisions began again at 1 is handled like any other.
+restarted registry whose revisions began again at 1, or another replica whose
+revisions differ, is handled like any other: no gap, whatever the revisions say.
+
+With several replicas (`--registry A,B,C`) a lost watch moves to the next one at
+once; only a whole round of failures waits (jittered, at most 1 s).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from tidepool.registry.v1 import registry_pb2 as pb
 from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
 from tidepool.runtime.backoff import Backoff
 from tidepool.runtime.channel import auth_metadata, open_channel, sleep_until_reconnected
+from tidepool.runtime.replicas import ReplicaRotation, parse_addresses
 
 log = logging.getLogger(__name__)
 SAVE_INTERVAL_S = 1.0
@@ -53,14 +58,15 @@ class RegistryWatcher:
         on_change: Callable[[], None] | None = None,
         backoff: Backoff | None = None,
     ) -> None:
-        self._registry = registry
+        self._rotation = ReplicaRotation(
+            parse_addresses(registry), backoff or Backoff(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        )
         self._table = table
         self._metadata = auth_metadata(token)
         self._service = service
         self._state_file = state_file
         self._root_certificates = root_certificates
         self._on_change = on_change or (lambda: None)
-        self._backoff = backoff or Backoff(RECONNECT_MIN_S, RECONNECT_MAX_S)
         self.view = RegistryView()
         self.connected = False
         self.problem = "not connected yet"
@@ -109,18 +115,31 @@ class RegistryWatcher:
         )
         return True
 
+    @property
+    def registry(self) -> str:
+        """The replica watched now (or tried next)."""
+        return self._rotation.current
+
     async def run(self) -> None:
-        """Watch until cancelled, reconnecting with backoff."""
-        channel = open_channel(self._registry, root_certificates=self._root_certificates)
+        """Watch until cancelled, moving between replicas and reconnecting with backoff."""
+        channels: dict[str, grpc.aio.Channel] = {}
         try:
-            stub = pb_grpc.RegistryStub(channel)
             while True:
-                await self._watch_once(stub)
-                await sleep_until_reconnected(channel, self._backoff.next_delay())
+                await self._watch_once(pb_grpc.RegistryStub(self._channel(channels)))
+                delay = self._rotation.failed()
+                await sleep_until_reconnected(self._channel(channels), delay)
         finally:
             self.connected = False
             await self._flush()
-            await channel.close()
+            for channel in channels.values():
+                await channel.close()
+
+    def _channel(self, channels: dict[str, grpc.aio.Channel]) -> grpc.aio.Channel:
+        """The current replica's channel, opened once and kept (it reconnects by itself)."""
+        address = self._rotation.current
+        if address not in channels:
+            channels[address] = open_channel(address, root_certificates=self._root_certificates)
+        return channels[address]
 
     async def _watch_once(self, stub: Any) -> None:
         call = stub.Watch(pb.WatchRequest(service=self._service), metadata=self._metadata)
@@ -129,8 +148,8 @@ class RegistryWatcher:
                 if not self.connected:
                     self.connected = True
                     self.problem = ""
-                    self._backoff.reset()
-                    log.info("watching the registry at %s", self._registry)
+                    self._rotation.succeeded()
+                    log.info("watching the registry at %s", self._rotation.current)
                 self._apply(event)
         except grpc.aio.AioRpcError as error:
             self._lost(error)
@@ -141,9 +160,9 @@ class RegistryWatcher:
 
     def _lost(self, error: grpc.aio.AioRpcError | None) -> None:
         if error is None:
-            reason = "the registry ended the watch"
+            reason = f"the registry at {self._rotation.current} ended the watch"
         else:
-            reason = f"{error.code().name}: {error.details()}"
+            reason = f"{self._rotation.current}: {error.code().name}: {error.details()}"
             if error.code() in _REFUSED:
                 reason = f"the registry refused the token ({reason})"
         if self.connected or reason != self.problem:

@@ -23,6 +23,7 @@ from tidepool.runtime.options import (
     resolve,
     setting,
 )
+from tidepool.runtime.replicas import registry_addresses
 
 ENV = "TIDEPOOL_SCHEDULER_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -41,7 +42,10 @@ class SchedulerConfig:
 
     policy: str = setting("", "TOML policy: pools, watermarks, tenants, providers (required)")
     registry: str = setting(
-        "127.0.0.1:7700", "registry gRPC address", host_port, env="TIDEPOOL_REGISTRY"
+        "127.0.0.1:7700",
+        "registry gRPC address; replicas comma-separated (the next is tried on failure)",
+        registry_addresses,
+        env="TIDEPOOL_REGISTRY",
     )
     token: str | None = setting(None, "registry admin token", env="TIDEPOOL_TOKEN")
     """Admin token: the scheduler labels, drains and moves engines."""

@@ -18,6 +18,7 @@ from scheduler.fleet import HOME_LABEL, PROVIDER_LABEL, Engine, MoveView
 from tidepool.registry.v1 import registry_pb2 as pb
 from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
 from tidepool.runtime.channel import auth_metadata, open_channel
+from tidepool.runtime.replicas import parse_addresses, rebind
 from tidepool.runtime.rules import POOL_LABEL
 
 T = TypeVar("T")
@@ -60,30 +61,58 @@ def move_from_pb(move: Any) -> MoveView:
 
 
 class SchedulerRegistry:
-    """Async stubs with the admin token and, once leading, the fencing number."""
+    """Async stubs with the admin token and, once leading, the fencing number.
 
-    def __init__(self, target: str, token: str | None) -> None:
-        self.target = target
-        self._channel = open_channel(target)
+    `targets` may name several replicas ("A,B,C"): a call that cannot reach one goes
+    to the next (each once per call). A write that moves is still fenced, so a
+    deposed leader cannot land one through another replica either.
+    """
+
+    def __init__(self, targets: str, token: str | None) -> None:
+        self.targets = parse_addresses(targets)
+        self._index = 0
+        self._channels: list[grpc.aio.Channel] = []
         self._auth = auth_metadata(token)
         self.fence: int | None = None
-        self._registry = pb_grpc.RegistryStub(self._channel)
-        self._admin = pb_grpc.AdminStub(self._channel)
-        self._scheduling = pb_grpc.SchedulingStub(self._channel)
+        self._connect()
+
+    @property
+    def target(self) -> str:
+        return self.targets[self._index]
+
+    def _connect(self) -> None:
+        channel = open_channel(self.target)
+        self._channels.append(channel)
+        self._registry = pb_grpc.RegistryStub(channel)
+        self._admin = pb_grpc.AdminStub(channel)
+        self._scheduling = pb_grpc.SchedulingStub(channel)
+
+    def _stubs(self) -> tuple[object, ...]:
+        return (self._registry, self._admin, self._scheduling)
 
     async def close(self) -> None:
-        await self._channel.close()
+        for channel in self._channels:
+            await channel.close()
 
     async def _call(self, name: str, method: Callable[..., Awaitable[T]], request: Any) -> T:
         metadata = self._auth
         if self.fence is not None:
             metadata = (*metadata, (FENCE_HEADER, str(self.fence)))
-        try:
-            return await method(request, timeout=CALL_TIMEOUT_S, metadata=metadata)
-        except grpc.aio.AioRpcError as exc:
-            code, details = exc.code(), exc.details() or ""
-            error = FencedError if "x-tidepool-fence" in details else RegistryCallError
-            raise error(name, code.name, details) from None
+        for attempt in range(len(self.targets)):
+            try:
+                return await method(request, timeout=CALL_TIMEOUT_S, metadata=metadata)
+            except grpc.aio.AioRpcError as exc:
+                code, details = exc.code(), exc.details() or ""
+                last = attempt == len(self.targets) - 1
+                if code != grpc.StatusCode.UNAVAILABLE or last:
+                    error = FencedError if FENCE_HEADER in details else RegistryCallError
+                    raise error(name, code.name, details) from None
+            old = self._stubs()
+            await self._channels.pop().close()
+            self._index = (self._index + 1) % len(self.targets)
+            self._connect()
+            method = rebind(method, old, self._stubs())
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # ---- leadership -------------------------------------------------------
 

@@ -12,6 +12,7 @@ from tidepool.ctl.diagnose import not_a_registry, suspect
 from tidepool.registry.v1 import registry_pb2 as pb
 from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
 from tidepool.runtime.channel import auth_metadata, channel_options
+from tidepool.runtime.replicas import parse_addresses, rebind
 
 T = TypeVar("T")
 CALL_TIMEOUT_S = 10.0
@@ -34,31 +35,68 @@ class RegistryGoneError(CtlError):
 
 
 class RegistryClient:
-    """Synchronous stubs for the registry's Registry, Admin and Scheduling services."""
+    """Synchronous stubs for the registry's Registry, Admin and Scheduling services.
 
-    def __init__(self, target: str, token: str | None) -> None:
-        self.target = target
-        self._channel = grpc.insecure_channel(target, options=channel_options())
+    `targets` may name several replicas ("A,B,C"): a call that cannot reach one is
+    sent to the next (each replica once per call), and a lost watch resumes on the
+    next; any replica serves any request, since they share one state.
+    """
+
+    def __init__(self, targets: str, token: str | None) -> None:
+        self.targets = parse_addresses(targets)
+        self._index = 0
         self._metadata = auth_metadata(token)
+        self._connect()
+
+    @property
+    def target(self) -> str:
+        """The replica calls go to now."""
+        return self.targets[self._index]
+
+    def _connect(self) -> None:
+        self._channel = grpc.insecure_channel(self.target, options=channel_options())
         self.registry = pb_grpc.RegistryStub(self._channel)
         self.admin = pb_grpc.AdminStub(self._channel)
         self.scheduling = pb_grpc.SchedulingStub(self._channel)
 
+    def _next_replica(self) -> None:
+        if len(self.targets) > 1:
+            self._channel.close()
+            self._index = (self._index + 1) % len(self.targets)
+            self._connect()
+
+    def _stubs(self) -> tuple[object, ...]:
+        return (self.registry, self.admin, self.scheduling)
+
     def call(self, method: Callable[..., T], request: Any) -> T:
-        try:
-            return method(request, timeout=CALL_TIMEOUT_S, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            raise self._error(exc) from None
+        for attempt in range(len(self.targets)):
+            try:
+                return method(request, timeout=CALL_TIMEOUT_S, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                error = self._error(exc)
+                if not isinstance(error, RegistryGoneError) or attempt == len(self.targets) - 1:
+                    raise error from None
+            old = self._stubs()
+            self._next_replica()
+            method = rebind(method, old, self._stubs())
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def watch(self, request: pb.WatchRequest) -> Iterator[pb.WatchEvent]:
-        """The registry's watch events until the stream ends (RegistryGoneError)."""
+        """The registry's watch events until the stream ends (RegistryGoneError).
+
+        After a lost watch the next attempt goes to the next replica.
+        """
         stream = self.registry.Watch(request, metadata=self._metadata)
         try:
             yield from stream
         except grpc.RpcError as exc:
-            raise self._error(exc) from None
+            error = self._error(exc)
+            if isinstance(error, RegistryGoneError):
+                self._next_replica()
+            raise error from None
         finally:
             stream.cancel()
+        self._next_replica()
         raise RegistryGoneError("the registry ended the watch", "it ended the watch")
 
     def _error(self, exc: grpc.RpcError) -> CtlError:

@@ -12,14 +12,10 @@ from __future__ import annotations
 import argparse
 from typing import Any, NoReturn
 
-from tidepool.runtime.options import CONFIG_ENV, CommandParser, Option, parse_host_port
+from tidepool.runtime.options import CONFIG_ENV, CommandParser, Option
+from tidepool.runtime.replicas import registry_addresses
 
 OUTPUTS = ("json", "wide")
-
-
-def _target(text: str) -> str:
-    parse_host_port(text)
-    return text
 
 
 OPTIONS = (
@@ -27,9 +23,9 @@ OPTIONS = (
         "registry",
         "TIDEPOOL_REGISTRY",
         "127.0.0.1:7700",
-        "registry gRPC address",
-        _target,
-        "HOST:PORT",
+        "registry gRPC address; replicas comma-separated (the next is tried on failure)",
+        registry_addresses,
+        "HOST:PORT[,…]",
     ),
     Option("token", "TIDEPOOL_TOKEN", None, "admin (or read) token for the registry", str, "T"),
 )
