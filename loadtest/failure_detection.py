@@ -29,21 +29,10 @@ from typing import Any
 import grpc
 import httpx
 
-from loadtest._procs import (
-    Child,
-    ChildError,
-    Children,
-    command_line,
-    metric_sum,
-    percentile,
-    registry_argv,
-    render_table,
-    run_benchmark,
-    say,
-    scrape,
-    stop_signals,
-    write_json,
-)
+from loadtest.bench import run_benchmark, stop_signals
+from loadtest.children import Child, ChildError, Children, registry_argv
+from loadtest.report import command_line, percentile, render_table, say, write_json
+from loadtest.scrape import metric_sum, scrape
 from registry.server import sweep_interval_s
 from tidepool.registry.v1 import registry_pb2 as pb
 from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest._procs import Child, ChildError, Children
+from loadtest.children import Child, ChildError, Children
 
 INSTALL_TIMEOUT_S = 300.0
 LISTEN_TIMEOUT_S = 10.0

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from loadtest._procs import render_table, say
+from loadtest.report import render_table, say
 from loadtest.router_fleet import Fleet, RouterProc
 
 TOP_FUNCTIONS = 15

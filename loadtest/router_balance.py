@@ -25,9 +25,11 @@ from typing import Any
 import httpx
 
 from engine_stub.load_model import audio_ms, latency_s
-from loadtest._procs import Children, percentile, render_table, say, stop_signals
+from loadtest.bench import stop_signals
+from loadtest.children import Children
 from loadtest.config import LoadConfig
 from loadtest.generator import run_load
+from loadtest.report import percentile, render_table, say
 from loadtest.result import LoadResult
 from loadtest.router_fleet import (
     ALIAS,

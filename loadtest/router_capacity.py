@@ -30,10 +30,12 @@ from typing import Any
 
 import httpx
 
-from loadtest._procs import ChildError, Children, render_table, say, stop_signals
+from loadtest.bench import stop_signals
+from loadtest.children import ChildError, Children
 from loadtest.generator import run_load
 from loadtest.nginx import find_nginx, start_nginx
 from loadtest.profiling import profile_cprofile, profile_lines, profile_py_spy
+from loadtest.report import render_table, say
 from loadtest.result import LoadResult
 from loadtest.router_fleet import (
     DATA_PATHS_FLAG,

@@ -31,7 +31,9 @@ import grpc
 import httpx
 import uvloop
 
-from loadtest._procs import Children, percentile, render_table, say, stop_signals
+from loadtest.bench import stop_signals
+from loadtest.children import Children
+from loadtest.report import percentile, render_table, say
 from loadtest.router_fleet import ALIAS, Benchmark, EngineSpec, Flag, Fleet, header_lines
 from router.channels import engine_channel_options
 from router.client import RouterClient

@@ -31,18 +31,12 @@ from typing import Any
 import grpc
 import httpx
 
-from loadtest._procs import (
-    STOP_TIMEOUT_S,
-    ChildError,
-    Children,
-    CpuMeter,
-    percentile,
-    render_table,
-    say,
-    stop_signals,
-)
+from loadtest.bench import stop_signals
+from loadtest.children import STOP_TIMEOUT_S, ChildError, Children
 from loadtest.config import LoadConfig, LoadError
 from loadtest.generator import run_load
+from loadtest.procfs import CpuMeter
+from loadtest.report import percentile, render_table, say
 from loadtest.result import LoadResult, Progress
 from loadtest.router_fleet import (
     ALIAS,
@@ -215,7 +209,7 @@ class Lab:
         before = router_scrape(await fleet.metrics(router), trial.victim, 0.0, 0.0)
         signalled, signalled_wall = time.monotonic(), time.time()
         victim.signal(MODES[trial.mode])
-        exited = asyncio.create_task(victim.process.wait())
+        exited = asyncio.create_task(victim.wait())
         exited.add_done_callback(
             lambda _: setattr(trial, "exit_ms", (time.monotonic() - signalled) * 1000)
         )

@@ -5,7 +5,7 @@ with the alias `bench` (lang=zh), engine stubs of any weight, speed and slots,
 and routers with any balancer, data path (`relay` or `grpc`), `--processes N`
 and extra flags. A router is waited on until every one of its workers counts
 the engines routable; its CPU is metered per process (`CpuTrace`, over the
-helpers in `loadtest._procs`) and its own counters are scraped from /metrics.
+helpers in `loadtest.procfs`) and its own counters are scraped from /metrics.
 Also here: the house envelope of a benchmark's `main` and the report lines the
 benchmarks share.
 """
@@ -26,27 +26,16 @@ from typing import Any
 import grpc
 import httpx
 
-from loadtest._procs import (
-    SERVICE,
-    Body,
-    Child,
-    ChildError,
-    Children,
-    Samples,
-    command_line,
-    cpu_seconds,
-    metric_sum,
-    registry_argv,
-    run_benchmark,
-    say,
-    scrape,
-    stop_signals,
-    write_json,
-)
+from loadtest.bench import Body, run_benchmark, stop_signals
+from loadtest.children import Child, ChildError, Children, registry_argv
 from loadtest.config import LoadConfig, LoadError
 from loadtest.generator import run_load
 from loadtest.histogram import Histogram
+from loadtest.procfs import cpu_seconds
+from loadtest.registry_load import SERVICE
+from loadtest.report import command_line, say, write_json
 from loadtest.result import LoadResult
+from loadtest.scrape import Samples, metric_sum, scrape
 from router.lkg import load_view
 from tidepool.registry.v1 import registry_pb2 as pb
 from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc

@@ -26,9 +26,11 @@ from typing import Any
 
 import httpx
 
-from loadtest._procs import Children, render_table, say, stop_signals
+from loadtest.bench import stop_signals
+from loadtest.children import Children
 from loadtest.config import LoadConfig
 from loadtest.histogram import Histogram
+from loadtest.report import render_table, say
 from loadtest.result import LoadResult
 from loadtest.router_fleet import (
     DATA_PATHS_FLAG,

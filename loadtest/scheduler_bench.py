@@ -29,7 +29,8 @@ from typing import Any
 
 import grpc
 
-from loadtest._procs import Child, Children, registry_argv, stop_signals
+from loadtest.bench import stop_signals
+from loadtest.children import Child, Children, registry_argv
 from loadtest.config import LoadConfig
 from loadtest.generator import run_load
 from loadtest.router_fleet import Benchmark, header_lines, load_figures, not_ok

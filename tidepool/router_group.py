@@ -19,8 +19,16 @@ import uvloop
 from router.config import parse_config
 from router.server import READY_PREFIX
 from router.server import main as serve_one
+from tidepool.runtime.children import (
+    TIDEPOOL,
+    ChildError,
+    first_exit_async,
+    prefixed,
+    ready_all_async,
+    start_child,
+)
 from tidepool.runtime.options import ConfigError, parse_host_port
-from tidepool.supervise import ChildError, start_children, stop_event, until_stopped_or_exited
+from tidepool.runtime.signals import ShutdownSignals
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
@@ -58,19 +66,28 @@ def _worker_argv(argv: list[str], index: int, http_listen: str) -> list[str]:
 
 
 async def _run_group(argv: list[str], processes: int, http_listen: str) -> int:
-    stop = stop_event()
-    workers = await start_children(
-        [(f"router-{i}", _worker_argv(argv, i, http_listen)) for i in range(processes)],
-        READY_TIMEOUT_S,
-        STOP_TIMEOUT_S,
-    )
+    with ShutdownSignals() as signals:
+        return await _serve_group(argv, processes, http_listen, signals.received)
+
+
+async def _serve_group(
+    argv: list[str], processes: int, http_listen: str, stop: asyncio.Event
+) -> int:
+    names = [f"router-{i}" for i in range(processes)]
+    workers = [
+        start_child(
+            name, [*TIDEPOOL, *_worker_argv(argv, i, http_listen)], on_stdout=prefixed(name)
+        )
+        for i, name in enumerate(names)
+    ]
+    await ready_all_async(workers, READY_TIMEOUT_S, STOP_TIMEOUT_S)
     try:
         grpc_at = workers[0].fields.get("grpc", "?")
         https = ",".join(w.fields.get("http", "?") for w in workers)
         pids = ",".join(w.fields.get("pid", "?") for w in workers)
         sys.stdout.write(f"{READY_PREFIX} grpc={grpc_at} http={https} pid={pids}\n")
         sys.stdout.flush()
-        exited = await until_stopped_or_exited(stop, workers)
+        exited = await first_exit_async(workers, stop)
         return 0 if exited is None else 1
     finally:
-        await asyncio.gather(*(w.stop(STOP_TIMEOUT_S) for w in workers))
+        await asyncio.gather(*(w.stop_async(STOP_TIMEOUT_S) for w in workers))

@@ -29,6 +29,15 @@ from scheduler.policy import DEFAULT_POLICY_TEXT
 from tidepool.registry.v1 import registry_pb2 as pb
 from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
 from tidepool.runtime.channel import auth_metadata, open_channel
+from tidepool.runtime.children import (
+    TIDEPOOL,
+    Child,
+    ChildError,
+    first_exit_async,
+    prefixed,
+    ready_all_async,
+    start_child,
+)
 from tidepool.runtime.options import (
     CommandParser,
     ConfigError,
@@ -38,14 +47,7 @@ from tidepool.runtime.options import (
     parse_positive_float,
     resolve,
 )
-from tidepool.supervise import (
-    Child,
-    ChildError,
-    start_child,
-    start_children,
-    stop_event,
-    until_stopped_or_exited,
-)
+from tidepool.runtime.signals import ShutdownSignals
 
 ENV = "TIDEPOOL_UP_"
 READY_TIMEOUT_S = 60.0
@@ -313,16 +315,24 @@ def _say(text: str) -> None:
     sys.stdout.flush()
 
 
+def _start(name: str, args: Sequence[str]) -> Child:
+    """`tidepool ARGS…` as a child whose output is relayed as `[name] line`; stderr is ours."""
+    return start_child(name, [*TIDEPOOL, *args], on_stdout=prefixed(name))
+
+
+async def _start_ready(name: str, args: Sequence[str]) -> Child:
+    child = _start(name, args)
+    await child.wait_ready_async(READY_TIMEOUT_S)
+    return child
+
+
 async def _start_fleet(settings: Mapping[str, object], registry: str) -> list[Child]:
     fleet: tuple[EngineSpec, ...] = settings["fleet"]  # type: ignore[assignment]
-    engines = await start_children(
-        [
-            (f"engine-{i}-{spec.lang}-{spec.tier}", _engine_args(spec, registry, settings))
-            for i, spec in enumerate(fleet)
-        ],
-        READY_TIMEOUT_S,
-        ENGINE_STOP_S,
-    )
+    engines = [
+        _start(f"engine-{i}-{spec.lang}-{spec.tier}", _engine_args(spec, registry, settings))
+        for i, spec in enumerate(fleet)
+    ]
+    await ready_all_async(engines, READY_TIMEOUT_S, ENGINE_STOP_S)
     _say(f"{'ENGINE':28} {'GRPC':22} {'HTTP':22} ID")
     for engine, spec in zip(engines, fleet, strict=True):
         f = engine.fields
@@ -331,23 +341,25 @@ async def _start_fleet(settings: Mapping[str, object], registry: str) -> list[Ch
 
 
 async def run(settings: Mapping[str, object]) -> int:
-    stop = stop_event()
+    with ShutdownSignals() as signals:
+        return await _run(settings, signals.received)
+
+
+async def _run(settings: Mapping[str, object], stop: asyncio.Event) -> int:
     _say(f"tidepool up: starting the registry (data in {settings['data_dir']})")
-    registry = await start_child("registry", _registry_args(settings), READY_TIMEOUT_S)
+    registry = await _start_ready("registry", _registry_args(settings))
     engines: list[Child] = []
     scheduler: Child | None = None
     router: Child | None = None
     try:
         address = registry.fields["grpc"]
         _say(f"registry  grpc={address}  http={registry.fields.get('http')}")
-        scheduler = await start_child(
-            "scheduler", _scheduler_args(address, settings), READY_TIMEOUT_S
-        )
+        scheduler = await _start_ready("scheduler", _scheduler_args(address, settings))
         _say(f"scheduler role={scheduler.fields.get('role')}  http={scheduler.fields.get('http')}")
         engines = await _start_fleet(settings, address)
         ids = [e.fields.get("id", "") for e in engines]
         await wait_admitted(address, settings["admin_token"], ids)  # type: ignore[arg-type]
-        router = await start_child("router", _router_args(address, settings), READY_TIMEOUT_S)
+        router = await _start_ready("router", _router_args(address, settings))
         at = router.fields.get("grpc", "?")
         _say(f"router    grpc={at}  http={router.fields.get('http')}")
         me = command_prefix()
@@ -363,13 +375,13 @@ async def run(settings: Mapping[str, object]) -> int:
     finally:
         if router is not None:
             _say("tidepool up: stopping the router")
-            await router.stop(15.0)
+            await router.stop_async(15.0)
         if scheduler is not None:
             _say("tidepool up: stopping the scheduler")
-            await scheduler.stop(ENGINE_STOP_S)
+            await scheduler.stop_async(ENGINE_STOP_S)
         _say("tidepool up: draining engines, then stopping the registry")
-        await asyncio.gather(*(e.stop(ENGINE_STOP_S) for e in engines))
-        await registry.stop(10.0)
+        await asyncio.gather(*(e.stop_async(ENGINE_STOP_S) for e in engines))
+        await registry.stop_async(10.0)
         _say("tidepool up: stopped")
 
 
@@ -378,13 +390,13 @@ async def _watch(stop: asyncio.Event, vital: list[Child], engines: list[Child]) 
     process that exits stops everything."""
     watched = [*vital, *engines]
     while True:
-        exited = await until_stopped_or_exited(stop, watched)
+        exited = await first_exit_async(watched, stop)
         if exited is None:
             return 0
         if exited not in engines:
             _say(f"tidepool up: the {exited.name} exited; stopping everything")
             return 1
-        code = exited.process.returncode
+        code = exited.returncode
         _say(f"tidepool up: {exited.name} exited with status {code}; the others keep serving")
         watched.remove(exited)
 

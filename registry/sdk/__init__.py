@@ -8,15 +8,9 @@ implementation detail and may move.
 
 from __future__ import annotations
 
-from registry.sdk.agent import (
-    AgentConfig,
-    DirectiveHandler,
-    EngineAgent,
-    EngineStatus,
-    LoadReport,
-    LoadSource,
-    new_instance_id,
-)
+from registry.sdk.agent import EngineAgent
+from registry.sdk.config import AgentConfig, new_instance_id
+from registry.sdk.directives import DirectiveHandler
 from registry.sdk.errors import (
     AgentError,
     AgentStateError,
@@ -25,6 +19,7 @@ from registry.sdk.errors import (
     RegistryUnavailableError,
 )
 from registry.sdk.gpu import GpuSample, GpuSampler, NvmlSampler, sample_gpu
+from registry.sdk.load import EngineStatus, LoadReport, LoadSource
 from registry.sdk.signals import run_until_signal
 from tidepool.runtime.signals import ShutdownSignals, unless_signalled
 

@@ -5,27 +5,26 @@ readiness), then the agent heartbeats in background tasks it owns; `await
 shutdown()` drains, deregisters and closes. Transient registry failures are
 retried with jittered backoff under the same instance id; permanent ones
 surface as `RegistrationError`. No `grpc.RpcError` leaves this module.
+
+The agent owns the lifecycle, registration and re-attachment; the pieces it
+drives live beside it: `config` (what to register), `load` (what a beat
+reports), `session` (one heartbeat stream) and `directives` (what the registry
+asks for).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import enum
 import logging
-import re
-import socket
 import time
-import uuid
-from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
-from ipaddress import ip_address
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 
+from registry.sdk.config import AgentConfig, new_instance_id
+from registry.sdk.directives import DirectiveHandler, Directives
 from registry.sdk.errors import (
     AgentError,
     AgentStateError,
@@ -34,14 +33,14 @@ from registry.sdk.errors import (
     RegistrationError,
     RegistryUnavailableError,
     translate,
-    translate_status,
 )
 from registry.sdk.gpu import GpuSample, GpuSampler, NvmlSampler, sample_gpu
+from registry.sdk.load import EngineStatus, LoadReport, LoadSource, heartbeat_request
+from registry.sdk.session import HeartbeatSession, cancel_all
 from tidepool.registry.v1 import registry_pb2, registry_pb2_grpc
 from tidepool.runtime.backoff import Backoff, RandomSource
 from tidepool.runtime.channel import auth_metadata, open_channel, sleep_until_reconnected
-from tidepool.runtime.options import parse_host_port
-from tidepool.runtime.rules import INSTANCE_ID, INSTANCE_ID_RULE, METRICS_PORT_LABEL, WEIGHT_MAX
+from tidepool.runtime.rules import METRICS_PORT_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -49,135 +48,6 @@ DEFAULT_HEARTBEAT_INTERVAL_S = 5.0
 """Used when a registry answers without an interval (it always should)."""
 IDLE_POLL_S = 0.05
 """How often shutdown looks at the load while waiting for in-flight work to finish."""
-SEEN_DIRECTIVES = 256
-"""Directive ids remembered to ignore repeats (a registry re-sends after a reconnect)."""
-
-Kind = registry_pb2.Directive.Kind
-
-
-class EngineStatus(enum.IntEnum):
-    """What the engine says it is doing; values are the proto's `EngineStatus`."""
-
-    SERVING = 1
-    DRAINING = 2
-    SWITCHING = 3
-
-
-@dataclass(frozen=True)
-class LoadReport:
-    """Current load; `progress` counts finished work items and only ever grows."""
-
-    in_flight: int
-    queued: int
-    slots: int
-    progress: int
-
-
-class LoadSource(Protocol):
-    """The engine's own request accounting, read at every heartbeat (must not block)."""
-
-    def load(self) -> LoadReport: ...
-
-
-class DirectiveHandler(Protocol):
-    """What the engine does when the registry sends a directive."""
-
-    async def on_drain(self) -> None:
-        """Stop taking new work (in-flight work finishes)."""
-
-    async def on_resume(self) -> None:
-        """Take new work again."""
-
-    async def on_switch_model(self, model: str) -> None:
-        """Stop taking work, finish in-flight, load `model`; return once it is loaded.
-
-        The agent reports SWITCHING meanwhile, then sets the `lang` label, calls
-        `on_resume()` and reports SERVING.
-        """
-
-
-def new_instance_id(hostname: str | None = None) -> str:
-    """A fresh instance id: the host name (cleaned) and 12 random hex digits."""
-    raw = socket.gethostname() if hostname is None else hostname
-    host = re.sub(r"[^A-Za-z0-9._-]", "-", raw).lstrip("._-")[:64] or "engine"
-    return f"{host}-{uuid.uuid4().hex[:12]}"
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    """How an engine registers. Durations are in seconds."""
-
-    registry: str
-    """Registry gRPC address, host:port."""
-    address: str
-    """Advertised ip:port routers connect to; a literal IP the registry sees us from."""
-    token: str | None = None
-    """Engine token, sent as a bearer credential."""
-    service: str = "speech"
-    weight: int = 100
-    """Static weight, 0..1000."""
-    capacity: int = 1
-    """Concurrent slots."""
-    labels: Mapping[str, str] = field(default_factory=dict)
-    instance_id: str | None = None
-    """Stable identity; None: the agent makes one at construction."""
-    drain_timeout_s: float = 30.0
-    reconnect_min_s: float = 0.1
-    """First retry delay after the registry is lost (fully jittered, doubling)."""
-    reconnect_max_s: float = 1.0
-    """Cap on the retry delay; a retry also goes as soon as the channel reconnects, so a
-    restarted registry sees every engine back within about a second of answering."""
-    rpc_timeout_s: float = 5.0
-    root_certificates: bytes | None = None
-    """PEM roots for TLS to the registry; None: plaintext."""
-    metrics_port: int | None = None
-    """The engine's Prometheus /metrics port, registered as the `metrics_port` label so the
-    registry's Consul API publishes it as service `tidepool-engine-metrics` (same host)."""
-
-    def __post_init__(self) -> None:
-        _need(_is_host_port(self.registry), "registry", "must be host:port", self.registry)
-        _need(_is_advertisable(self.address), "address", "must be a literal ip:port", self.address)
-        _need(bool(self.service), "service", "must not be empty", self.service)
-        _need(0 <= self.weight <= WEIGHT_MAX, "weight", "must be 0..1000", self.weight)
-        _need(self.capacity >= 1, "capacity", "must be 1 or more", self.capacity)
-        _need(_labels_ok(self.labels), "labels", "need non-empty keys, str values", self.labels)
-        id_ok = self.instance_id is None or bool(INSTANCE_ID.fullmatch(self.instance_id))
-        _need(id_ok, "instance_id", INSTANCE_ID_RULE, self.instance_id)
-        _need(
-            self.drain_timeout_s >= 0, "drain_timeout_s", "must be 0 or more", self.drain_timeout_s
-        )
-        _need(self.reconnect_min_s > 0, "reconnect_min_s", "must be above 0", self.reconnect_min_s)
-        max_ok = self.reconnect_max_s >= self.reconnect_min_s
-        _need(max_ok, "reconnect_max_s", "must be >= reconnect_min_s", self.reconnect_max_s)
-        _need(self.rpc_timeout_s > 0, "rpc_timeout_s", "must be above 0", self.rpc_timeout_s)
-        port_ok = self.metrics_port is None or 0 < self.metrics_port < 65536
-        _need(port_ok, "metrics_port", "must be 1..65535", self.metrics_port)
-        object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
-
-
-def _need(ok: bool, name: str, rule: str, value: object) -> None:
-    if not ok:
-        raise ValueError(f"AgentConfig.{name}: {rule}, got {value!r}")
-
-
-def _labels_ok(labels: Mapping[str, str]) -> bool:
-    return all(isinstance(k, str) and k and isinstance(v, str) for k, v in labels.items())
-
-
-def _is_host_port(text: str) -> bool:
-    try:
-        parse_host_port(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_advertisable(text: str) -> bool:
-    try:
-        host, port = parse_host_port(text)
-        return port > 0 and not ip_address(host).is_unspecified
-    except ValueError:
-        return False
 
 
 class EngineAgent:
@@ -212,8 +82,7 @@ class EngineAgent:
         self._channel: Any = None
         self._stub: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._directives: asyncio.Queue[Any] = asyncio.Queue()
-        self._seen: deque[str] = deque(maxlen=SEEN_DIRECTIVES)
+        self._directives = Directives(handler, self)
         self._wake = asyncio.Event()
         self._register_lock = asyncio.Lock()
         self._shutdown_lock = asyncio.Lock()
@@ -279,7 +148,7 @@ class EngineAgent:
         self.registered.set()
         log.info("registered %s as %s", self._instance_id, self._config.address)
         self._spawn(self._keep_attached(), "heartbeat")
-        self._spawn(self._obey_directives(), "directives")
+        self._spawn(self._directives.obey_forever(), "directives")
         self._spawn(self._sample_gpu_forever(), "gpu")
 
     def set_status(self, status: EngineStatus) -> None:
@@ -323,7 +192,7 @@ class EngineAgent:
                 return
             self._stopping = True
             self.set_status(EngineStatus.DRAINING)
-            await _cancel([t for t in self._tasks if t.get_name().endswith("-directives")])
+            await cancel_all([t for t in self._tasks if t.get_name().endswith("-directives")])
             try:
                 await self._handler.on_drain()
             except Exception:
@@ -415,137 +284,44 @@ class EngineAgent:
             await sleep_until_reconnected(self._channel, backoff.next_delay())
 
     async def _heartbeat_stream(self, backoff: Backoff) -> None:
-        call = self._stub.Heartbeat(metadata=self._metadata)
-        try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
-            async with asyncio.timeout(self._config.rpc_timeout_s):
-                await self._write(call)
-                ack = await call.read()
-            if ack is grpc.aio.EOF:
-                raise await self._ended(call)
+        session = HeartbeatSession(
+            self._stub,
+            self._metadata,
+            registry=self._config.registry,
+            rpc_timeout_s=self._config.rpc_timeout_s,
+            request=self._heartbeat_request,
+            interval_s=lambda: self._interval_s,
+            wake=self._wake,
+            on_response=self._accept,
+        )
+
+        def attached() -> None:
             self._attachments += 1
             self.attached.set()
             backoff.reset()
-            self._accept(ack)
-            await _first_to_stop(self._read_directives(call), self._write_heartbeats(call))
-        except grpc.RpcError as exc:
-            raise translate(exc, "heartbeat", self._config.registry) from None
-        except TimeoutError:
-            raise RegistryUnavailableError("heartbeat stream stopped moving") from None
+
+        try:
+            await session.run(attached)
         finally:
             self.attached.clear()
-            call.cancel()
-
-    async def _write_heartbeats(self, call: Any) -> None:
-        while True:
-            # Clear before building the request: a status change during the write wakes us again.
-            self._wake.clear()
-            async with asyncio.timeout(self._config.rpc_timeout_s):
-                await self._write(call)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._interval_s):
-                    await self._wake.wait()
-
-    async def _write(self, call: Any) -> None:
-        try:
-            await call.write(self._heartbeat_request())
-        except asyncio.InvalidStateError:
-            raise await self._ended(call) from None
-
-    async def _read_directives(self, call: Any) -> None:
-        while True:
-            response = await call.read()
-            if response is grpc.aio.EOF:
-                raise await self._ended(call)
-            self._accept(response)
-
-    async def _ended(self, call: Any) -> AgentError:
-        """Why a stream the registry closed ended (an OK close is still a lost stream)."""
-        code = await call.code()
-        if code == grpc.StatusCode.OK:
-            return RegistryUnavailableError("heartbeat stream closed by the registry")
-        details = await call.details()
-        return translate_status(code, details or "", "heartbeat", self._config.registry)
 
     def _accept(self, response: Any) -> None:
         if response.HasField("directive"):
-            self._directives.put_nowait(response.directive)
+            self._directives.put(response.directive)
 
     def _heartbeat_request(self) -> Any:
         try:
             self._last_load = self._load_source.load()
         except Exception:
             log.exception("load source failed; reporting the last load")
-        load, gpu = self._last_load, self._gpu
-        return registry_pb2.HeartbeatRequest(
-            instance_id=self._instance_id,
-            secret=self._secret,
-            status=f"ENGINE_STATUS_{self._status.name}",
-            load=registry_pb2.Load(
-                in_flight=load.in_flight,
-                queued=load.queued,
-                slots=load.slots,
-                progress=load.progress,
-                gpu=registry_pb2.GpuStats(
-                    present=gpu.present,
-                    name=gpu.name,
-                    utilization_percent=gpu.utilization_percent,
-                    memory_used_bytes=gpu.memory_used_bytes,
-                    memory_total_bytes=gpu.memory_total_bytes,
-                ),
-            ),
+        return heartbeat_request(
+            self._instance_id, self._secret, self._status, self._last_load, self._gpu
         )
 
     async def _sample_gpu_forever(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s)
             self._gpu = await sample_gpu(self._gpu_sampler, min(1.0, self._interval_s / 2))
-
-    # ---- directives -------------------------------------------------------
-
-    async def _obey_directives(self) -> None:
-        while True:
-            directive = await self._directives.get()
-            if directive.id and directive.id in self._seen:
-                continue
-            if directive.id:
-                self._seen.append(directive.id)
-            try:
-                await self._obey(directive)
-            except AgentError as exc:
-                log.error("directive %s failed: %s", directive.id or directive.kind, exc)
-            except Exception:
-                log.exception("directive %s failed", directive.id or directive.kind)
-
-    async def _obey(self, directive: Any) -> None:
-        log.info("directive %s", directive)
-        if directive.kind == Kind.KIND_DRAIN:
-            self.set_status(EngineStatus.DRAINING)
-            await self._handler.on_drain()
-        elif directive.kind == Kind.KIND_RESUME:
-            await self._handler.on_resume()
-            self.set_status(EngineStatus.SERVING)
-        elif directive.kind == Kind.KIND_SWITCH_MODEL:
-            await self._switch_model(directive.model)
-        else:
-            log.warning("ignoring unknown directive kind %s", directive.kind)
-
-    async def _switch_model(self, model: str) -> None:
-        previous = self._status
-        self.set_status(EngineStatus.SWITCHING)
-        try:
-            await self._handler.on_switch_model(model)
-        except Exception:
-            log.exception("switching to model %r failed; keeping the old one", model)
-            await self._return_to(previous)
-            return
-        await self.update_labels({"lang": model})
-        await self._return_to(EngineStatus.SERVING)
-
-    async def _return_to(self, status: EngineStatus) -> None:
-        if status == EngineStatus.SERVING:
-            await self._handler.on_resume()
-        self.set_status(status)
 
     # ---- shutdown and task ownership --------------------------------------
 
@@ -583,7 +359,7 @@ class EngineAgent:
         self._failed.set()
 
     async def _cancel_tasks(self) -> None:
-        await _cancel(list(self._tasks))
+        await cancel_all(list(self._tasks))
 
     async def _close_channel(self) -> None:
         if self._channel is not None:
@@ -593,27 +369,3 @@ class EngineAgent:
 
 def _seconds(duration: Any) -> float:
     return float(duration.seconds) + float(duration.nanos) / 1e9
-
-
-async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _first_to_stop(*coros: Coroutine[Any, Any, None]) -> None:
-    """Run `coros` together until one returns or raises; cancel the rest.
-
-    Re-raises the error of the earliest-listed coroutine that failed, so callers
-    list first the one whose errors say most (the stream reader carries the status).
-    """
-    tasks = [asyncio.create_task(coro) for coro in coros]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        await _cancel(tasks)
-    for task in tasks:
-        if task in done and not task.cancelled():
-            error = task.exception()
-            if error is not None:
-                raise error

@@ -2,10 +2,15 @@
 
 Every tidepool server prints one line once serving, e.g.
 ``tidepool engine-stub ready grpc=127.0.0.1:4321 http=127.0.0.1:4322 id=e-1``.
-`start_process` waits for it (bounded) and parses its key=value fields. Output
-is read by background threads so a chatty process never blocks on a full pipe,
-and is kept for failure messages. `ProcessSet` stops whatever is left at the
-end of a test, pass or fail.
+`start_process` waits for it (bounded) and parses its key=value fields. The
+supervisor is `tidepool.runtime.children`, the one every tidepool parent uses;
+what this harness adds is keeping all of both streams for failure messages
+(`describe`) and for assertions on what a process logged. `ProcessSet` stops
+whatever is left at the end of a test, pass or fail.
+
+Children start in our session and without the orphan guard: tests start
+processes from executor threads (`asyncio.to_thread`), and the guard's signal
+follows the thread that started a child, not the process.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -22,7 +26,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+
+from tidepool.runtime.children import ChildError, start_child
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STOP_TIMEOUT_S = 15.0
@@ -53,49 +58,54 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 class _Lines:
-    """Collects a stream's lines on a daemon thread; the first ones also go to a queue."""
+    """Every line of one stream, appended by the supervisor's reader thread."""
 
-    def __init__(self, stream: IO[str]) -> None:
-        self.lines: list[str] = []
-        self.queue: queue.Queue[str | None] = queue.Queue()
+    def __init__(self) -> None:
+        self._lines: list[str] = []
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
-        self._thread.start()
 
-    def _pump(self, stream: IO[str]) -> None:
-        for line in stream:
-            with self._lock:
-                self.lines.append(line.rstrip("\n"))
-            self.queue.put(line.rstrip("\n"))
-        self.queue.put(None)  # end of stream
+    def add(self, line: str) -> None:
+        with self._lock:
+            self._lines.append(line)
 
     def text(self) -> str:
         with self._lock:
-            return "\n".join(self.lines)
-
-    def join(self, timeout_s: float) -> None:
-        self._thread.join(timeout_s)
-
-    def alive(self) -> bool:
-        return self._thread.is_alive()
+            return "\n".join(self._lines)
 
 
 class RunningProcess:
     """A child process with its output captured; `fields` come from its ready line."""
 
-    def __init__(self, args: Sequence[str], popen: subprocess.Popen[str]) -> None:
+    def __init__(self, args: Sequence[str], env: Mapping[str, str], cwd: str | Path | None) -> None:
         self.args = list(args)
-        self.popen = popen
-        assert popen.stdout is not None
-        assert popen.stderr is not None
-        self._stdout = _Lines(popen.stdout)
-        self._stderr = _Lines(popen.stderr)
-        self.ready_line = ""
-        self.fields: dict[str, str] = {}
+        self._stdout = _Lines()
+        self._stderr = _Lines()
+        self.child = start_child(
+            Path(self.args[0]).name,
+            self.args,
+            on_stdout=self._stdout.add,
+            on_stderr=self._stderr.add,
+            env=env,
+            cwd=cwd,
+            new_session=False,
+            orphan_guard=False,
+        )
 
     @property
     def pid(self) -> int:
-        return self.popen.pid
+        return self.child.pid
+
+    @property
+    def popen(self) -> subprocess.Popen[bytes]:
+        return self.child.popen
+
+    @property
+    def fields(self) -> dict[str, str]:
+        return self.child.fields
+
+    @property
+    def ready_line(self) -> str:
+        return self.child.ready_line
 
     @property
     def grpc(self) -> str:
@@ -107,7 +117,7 @@ class RunningProcess:
 
     @property
     def returncode(self) -> int | None:
-        return self.popen.poll()
+        return self.child.returncode
 
     def stdout(self) -> str:
         return self._stdout.text()
@@ -116,91 +126,52 @@ class RunningProcess:
         return self._stderr.text()
 
     def wait_ready(self, ready_prefix: str, timeout_s: float) -> str:
-        """Wait for a stdout line starting with `ready_prefix`; parse its key=value fields."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self.kill()
-                raise ProcessError(self.describe(f"no {ready_prefix!r} line within {timeout_s}s"))
-            try:
-                line = self._stdout.queue.get(timeout=min(remaining, 0.1))
-            except queue.Empty:
-                continue
-            if line is None:
-                self.wait(timeout_s=5)
-                raise ProcessError(self.describe(f"exited before printing {ready_prefix!r}"))
-            if line.startswith(ready_prefix):
-                self.ready_line = line
-                self.fields = parse_fields(line)
-                return line
+        """Wait for a stdout line starting with `ready_prefix`; parse its key=value fields.
+
+        On failure the process is stopped and ProcessError carries its output.
+        """
+        try:
+            self.child.wait_ready(timeout_s, lambda line: line.startswith(ready_prefix))
+        except ChildError as exc:
+            raise ProcessError(self.describe(f"{exc.reason} (no {ready_prefix!r} line)")) from None
+        return self.child.ready_line
 
     def wait(self, timeout_s: float) -> int:
         """Wait for exit; ProcessError (after SIGKILL) when it takes longer than `timeout_s`."""
-        try:
-            code = self.popen.wait(timeout_s)
-        except subprocess.TimeoutExpired:
+        code = self.child.wait(timeout_s)
+        if code is None:
             self.kill()
-            raise ProcessError(self.describe(f"still running after {timeout_s}s")) from None
-        self._finish_output()
+            raise ProcessError(self.describe(f"still running after {timeout_s}s"))
         return code
 
     def terminate(self) -> None:
         """SIGTERM (graceful stop)."""
-        self._signal(signal.SIGTERM)
+        self.child.signal(signal.SIGTERM)
 
     def interrupt(self) -> None:
         """SIGINT (Ctrl-C)."""
-        self._signal(signal.SIGINT)
+        self.child.signal(signal.SIGINT)
 
     def kill(self) -> None:
         """SIGKILL: no cleanup at all, like kill -9."""
-        self._signal(signal.SIGKILL)
-        self.popen.wait(10)
-        self._finish_output()
+        self.child.kill()
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM, then SIGKILL if it has not exited within `timeout_s`; the exit status."""
-        if self.popen.poll() is None:
-            self.terminate()
-            try:
-                self.popen.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._finish_output()
-        return self.popen.returncode
-
-    def _finish_output(self) -> None:
-        """Read what is left of both streams, then close the pipes (no ResourceWarning)."""
-        for lines, stream in ((self._stdout, self.popen.stdout), (self._stderr, self.popen.stderr)):
-            lines.join(2)
-            if stream is not None and not lines.alive():
-                stream.close()
+        return self.child.stop(timeout_s)
 
     def describe(self, problem: str) -> str:
         """A failure message with the command, exit status and the tail of both streams."""
         return (
-            f"{problem}\ncommand: {' '.join(self.args)}\nexit status: {self.popen.poll()}\n"
+            f"{problem}\ncommand: {' '.join(self.args)}\nexit status: {self.returncode}\n"
             f"--- stdout (tail) ---\n{_tail(self.stdout())}\n"
             f"--- stderr (tail) ---\n{_tail(self.stderr())}"
         )
-
-    def _signal(self, signum: signal.Signals) -> None:
-        if self.popen.poll() is None:
-            try:
-                self.popen.send_signal(signum)
-            except ProcessLookupError:
-                pass
 
     def _field(self, name: str) -> str:
         if name not in self.fields:
             raise ProcessError(self.describe(f"ready line has no {name}= field"))
         return self.fields[name]
-
-
-def parse_fields(line: str) -> dict[str, str]:
-    """The key=value words of a ready line."""
-    return dict(word.split("=", 1) for word in line.split() if "=" in word)
 
 
 def _tail(text: str) -> str:
@@ -214,16 +185,9 @@ def spawn(
     cwd: str | Path | None = None,
 ) -> RunningProcess:
     """Start a process without waiting for anything (for ones expected to fail fast)."""
-    popen = subprocess.Popen(
-        list(args),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(env) if env is not None else child_env(),
-        cwd=str(cwd) if cwd is not None else str(REPO_ROOT),
+    return RunningProcess(
+        args, env if env is not None else child_env(), cwd if cwd is not None else REPO_ROOT
     )
-    return RunningProcess(args, popen)
 
 
 def start_process(

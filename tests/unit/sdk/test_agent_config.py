@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from registry.sdk.agent import AgentConfig, EngineStatus, new_instance_id
+from registry.sdk import AgentConfig, EngineStatus, new_instance_id
 from registry.sdk.errors import (
     InstanceNotFoundError,
     RegistrationError,
