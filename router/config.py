@@ -88,7 +88,9 @@ class RouterConfig:
     )
     """Verify every engine's certificate against this name instead of its IP address."""
     http_listen: str = setting(
-        "127.0.0.1:7711", "HTTP address: /metrics /healthz /readyz /v1/resolve", host_port
+        "127.0.0.1:7711",
+        "HTTP address: /metrics /healthz /readyz /v1/resolve /v1/endpoints",
+        host_port,
     )
     state_file: str | None = setting(
         ".tidepool/router/view.json",

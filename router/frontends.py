@@ -19,14 +19,20 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from router.core import RouterCore
+from router.grpc_health import RouterHealthServicer
 from router.listen import ListenError, bind_error, ensure_free
 from router.proxy import ProxyHandler
 from router.relay import RelayServer, start_relay
 from router.streams import StreamForwarder
+from tidepool.engine.v1 import evaluator_pb2
 from tidepool.runtime.options import parse_host_port
+from tidepool.runtime.reflection import enable_reflection
+
+EVALUATOR_SERVICE = evaluator_pb2.DESCRIPTOR.services_by_name["Evaluator"].full_name
+"""The engine service the router forwards, listed by reflection (any other is forwarded too)."""
 
 
 class Frontend(Protocol):
@@ -58,8 +64,10 @@ class GrpcFrontend:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ]
         )
-        self._health: Any = health.aio.HealthServicer()
+        self._health = RouterHealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        # Before the proxy, which would otherwise forward reflection calls to an engine.
+        enable_reflection(self._server, [EVALUATOR_SERVICE])
         handler = ProxyHandler(
             core.forwarder,
             StreamForwarder(core.forwarder, config.stream_timeouts()),
@@ -92,10 +100,10 @@ class GrpcFrontend:
         await self._server.start()
 
     async def set_serving(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse
-        await self._health.set("", status.SERVING if serving else status.NOT_SERVING)
+        await self._health.set(serving)
 
     async def stop(self, grace_s: float) -> None:
+        await self._health.close()  # an open Watch must not hold the grace
         await self._server.stop(grace_s)
 
 

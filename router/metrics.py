@@ -7,12 +7,14 @@ the request path calls into here twice per request.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Collection, Iterator
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from router.shares import RecentCounts
 from router.table import PoolStatus
 
 REFUSAL_REASONS = (
@@ -30,6 +32,11 @@ REFUSAL_REASONS = (
 MAX_METHODS = 64
 """Distinct `method` labels of `tidepool_router_call_seconds`; the rest count as `OTHER_METHOD`."""
 OTHER_METHOD = "other"
+ENGINE_ERROR_CODES = frozenset(
+    {"UNKNOWN", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
+)
+"""Answers that count as an engine's recent errors in `GET /v1/endpoints`: the engine's
+or the connection's fault, not the caller's (INVALID_ARGUMENT, CANCELLED, ...)."""
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
@@ -38,8 +45,16 @@ LATENCY_BUCKETS = (
 class RouterMetrics:
     """Implements the table's events and the forwarder's metrics."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.registry = registry or CollectorRegistry()
+        self._clock = clock
+        self._recent_errors: dict[str, RecentCounts] = {}
+        self._last_error: dict[str, tuple[str, float]] = {}
         r = self.registry
         self._requests = Counter(
             "tidepool_router_requests",
@@ -146,10 +161,25 @@ class RouterMetrics:
             self._ejection_labels.discard(labels)
             with contextlib.suppress(KeyError):
                 self._ejections.remove(*labels)
+        for recent in self._recent_errors.values():
+            recent.retain(instance_ids)
+        for engine in [e for e in self._last_error if e not in instance_ids]:
+            del self._last_error[engine]
+
+    def recent_errors(self, alias: str) -> dict[str, int]:
+        """Errors (`ENGINE_ERROR_CODES`) per engine of `alias` over the last minute."""
+        recent = self._recent_errors.get(alias)
+        return recent.counts(self._clock()) if recent is not None else {}
+
+    def last_errors(self) -> Mapping[str, tuple[str, float]]:
+        """Engine -> (code, monotonic time) of its latest error answer, on any alias."""
+        return self._last_error
 
     # ---- the forwarder -----------------------------------------------------
 
     def answered(self, alias: str, instance: str, code: str, seconds: float) -> None:
+        if code in ENGINE_ERROR_CODES:
+            self._errored(alias, instance, code)
         key = (alias, instance, code)
         counter = self._answered.get(key)
         if counter is None:
@@ -159,6 +189,14 @@ class RouterMetrics:
         if histogram is None:
             histogram = self._latency_by_alias[alias] = self._latency.labels(alias)
         histogram.observe(seconds)
+
+    def _errored(self, alias: str, instance: str, code: str) -> None:
+        now = self._clock()
+        recent = self._recent_errors.get(alias)
+        if recent is None:
+            recent = self._recent_errors[alias] = RecentCounts()
+        recent.add(instance, now)
+        self._last_error[instance] = (code, now)
 
     def called(self, method: str, seconds: float) -> None:
         """One caller's call ended (any status): its whole time, retries included."""
@@ -219,9 +257,17 @@ class _PoolCollector(Collector):
             "Instances per pool: routable per the registry, and ejected here",
             labels=["alias", "state"],
         )
+        gap = GaugeMetricFamily(
+            "tidepool_router_share_gap",
+            "Largest |configured - received| share of any engine of the pool over the last"
+            " minute (0..1; 0 without picks): above a few hundredths, weights are not honoured",
+            labels=["alias"],
+        )
         for pool in self._pools():
             size.add_metric([pool.alias], pool.endpoints)
             family.add_metric([pool.alias, "routable"], pool.routable)
             family.add_metric([pool.alias, "ejected"], len(pool.ejected))
+            gap.add_metric([pool.alias], pool.share_gap)
         yield size
         yield family
+        yield gap

@@ -155,6 +155,11 @@ class OutlierDetector:
         record = self._records.get(endpoint_id)
         return record is not None and now < record.ejected_until
 
+    def ejected_until(self, endpoint_id: str, now: float) -> float | None:
+        """When the endpoint's passive ejection ends, or None if it is not ejected at `now`."""
+        record = self._records.get(endpoint_id)
+        return record.ejected_until if record is not None and now < record.ejected_until else None
+
     def ejected(self, now: float) -> frozenset[str]:
         """The ids ejected at `now`."""
         return frozenset(i for i, r in self._records.items() if now < r.ejected_until)

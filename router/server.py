@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TextIO
@@ -25,6 +26,7 @@ from prometheus_client import disable_created_metrics
 
 from router.config import RouterConfig, parse_config
 from router.core import RouterCore, build_core
+from router.endpoints_view import EndpointsQueryError, endpoints_view, parse_query
 from router.frontends import Frontend, build_frontend
 from router.listen import ListenError
 from router.metrics import RouterMetrics
@@ -90,6 +92,31 @@ class Router:
             },
         )
 
+    def endpoints_http(self, query: str) -> tuple[str, bytes, str]:
+        """GET /v1/endpoints[?alias=NAME]: every pool's endpoints, configured share next
+        to received share (router/endpoints_view.py has the shape)."""
+        try:
+            alias = parse_query(query)
+        except EndpointsQueryError as error:
+            return _json("400 Bad Request", {"error": str(error), "code": "INVALID_ARGUMENT"})
+        details = self.table.details()
+        if alias is not None:
+            details = [d for d in details if d.alias == alias]
+            if not details:
+                message = f"alias: unknown alias {alias[:64]!r}"
+                return _json("404 Not Found", {"error": message, "code": "NOT_FOUND"})
+        metrics = self.core.metrics
+        document = endpoints_view(
+            details,
+            self.watcher.view.instances,
+            self.table.in_flight,
+            {d.alias: metrics.recent_errors(d.alias) for d in details},
+            metrics.last_errors(),
+            now=time.monotonic(),
+            wall_now=time.time(),
+        )
+        return _json("200 OK", document)
+
 
 def _json(status: str, body: object) -> tuple[str, bytes, str]:
     return status, json.dumps(body).encode() + b"\n", "application/json"
@@ -114,7 +141,7 @@ async def run(config: RouterConfig, *, out: TextIO | None = None) -> int:
             http_port,
             router.core.metrics.registry,
             router.watcher.ready,
-            routes={"/v1/resolve": router.resolve_http},
+            routes={"/v1/resolve": router.resolve_http, "/v1/endpoints": router.endpoints_http},
         )
         watch = asyncio.create_task(router.watcher.run())
         try:

@@ -30,6 +30,7 @@ from router.outlier import (
     last_resort,
     select_candidates,
 )
+from router.shares import RecentCounts, configured_shares, largest_gap, received_shares
 from router.slow_start import SlowStartConfig
 from router.view import READY, RegistryView
 
@@ -87,6 +88,42 @@ class PoolStatus:
     ejected: frozenset[str]
     panic: bool
     last_resort: bool
+    share_gap: float = 0.0
+    """Largest |configured - received| share over the last minute (see `PoolDetail`)."""
+
+
+@dataclass(frozen=True)
+class PoolDetail:
+    """One pool at one instant, for `GET /v1/endpoints` (router/endpoints_view.py)."""
+
+    alias: str
+    endpoints: tuple[Endpoint, ...]
+    """After last resort; `weight` is the effective (admin-overridden) weight."""
+    pickable: Mapping[str, float]
+    """Ids the picker may return, with the weight it uses (slow start applied)."""
+    ejected_until: Mapping[str, float]
+    """Passive ejections in force: id -> monotonic time they end."""
+    ejections: Mapping[str, int]
+    """Recent passive ejections per id (each makes the next one longer)."""
+    picks: Mapping[str, int]
+    """Picks per id by the balancer over the last `window_s` seconds."""
+    window_s: float
+    panic: bool
+    last_resort: bool
+
+    @property
+    def configured(self) -> dict[str, float]:
+        """Share each pickable endpoint's effective weight promises (0 for the rest)."""
+        by_id = {e.id: e.weight for e in self.endpoints if e.id in self.pickable}
+        return configured_shares(by_id)
+
+    @property
+    def received(self) -> dict[str, float]:
+        return received_shares(self.picks)
+
+    @property
+    def share_gap(self) -> float:
+        return largest_gap(self.configured, self.received)
 
 
 class _Pool:
@@ -100,6 +137,7 @@ class _Pool:
         "last_resort",
         "panic",
         "picker",
+        "picks",
         "refresh_at",
         "rejoined",
         "was_ejected",
@@ -116,6 +154,7 @@ class _Pool:
         self.refresh_at = -math.inf
         self.rejoined: dict[str, float] = {}
         self.was_ejected: frozenset[str] = _NONE
+        self.picks = RecentCounts()
 
 
 class RoutingTable:
@@ -192,6 +231,7 @@ class RoutingTable:
         pool.endpoints = result.endpoints
         pool.last_resort = result.last_resort
         pool.detector.set_pool(e.id for e in pool.endpoints)
+        pool.picks.retain(e.id for e in pool.endpoints)
         self._build(pool, now)
 
     def _build(self, pool: _Pool, now: float) -> None:
@@ -278,6 +318,7 @@ class RoutingTable:
             assert pool.picker is not None
             endpoint = pool.picker.pick(exclude)
             if endpoint is not None:
+                pool.picks.add(endpoint.id, now)  # received shares: /v1/endpoints
                 return alias, endpoint
         return None
 
@@ -311,9 +352,33 @@ class RoutingTable:
                 ejected=p.detector.ejected(now),
                 panic=p.panic,
                 last_resort=p.last_resort,
+                share_gap=self._detail(p, now).share_gap,
             )
             for _, p in sorted(self._pools.items())
         ]
+
+    def details(self) -> list[PoolDetail]:
+        """Every pool in alias order, as `GET /v1/endpoints` shows it."""
+        now = self._clock()
+        return [self._detail(p, now) for _, p in sorted(self._pools.items())]
+
+    def _detail(self, pool: _Pool, now: float) -> PoolDetail:
+        if now >= pool.refresh_at:
+            self._build(pool, now)  # as the next pick would: ramps and ejections current
+        picker, detector = pool.picker, pool.detector
+        assert picker is not None
+        until = {e.id: detector.ejected_until(e.id, now) for e in pool.endpoints}
+        return PoolDetail(
+            alias=pool.alias,
+            endpoints=pool.endpoints,
+            pickable=dict(zip((e.id for e in picker.endpoints), picker.weights, strict=True)),
+            ejected_until={k: v for k, v in until.items() if v is not None},
+            ejections={e.id: n for e in pool.endpoints if (n := detector.ejections(e.id))},
+            picks=pool.picks.counts(now),
+            window_s=pool.picks.window_s,
+            panic=pool.panic,
+            last_resort=pool.last_resort,
+        )
 
     def endpoints(self, alias: str) -> tuple[Endpoint, ...]:
         """The pool's endpoints after last resort (empty for an unknown alias)."""

@@ -42,6 +42,9 @@ class InstanceInfo:
     leaving: bool = False
     """It was draining or switching and has not been READY since: a lapse that
     follows is the engine going away on purpose, not a failure."""
+    registered_weight: int | None = field(default=None, compare=False)
+    """The weight the engine registered with (`weight` may be an admin override); None
+    when loaded from the view file, which does not keep it (display only: not compared)."""
 
     @classmethod
     def from_pb(cls, instance: pb.Instance, known: InstanceInfo | None = None) -> InstanceInfo:
@@ -59,6 +62,7 @@ class InstanceInfo:
             labels=dict(instance.labels),
             state=state,
             leaving=leaving,
+            registered_weight=instance.weight,
         )
 
     @property
