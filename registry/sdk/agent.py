@@ -40,6 +40,7 @@ from registry.sdk.session import HeartbeatSession, cancel_all
 from tidepool.registry.v1 import registry_pb2, registry_pb2_grpc
 from tidepool.runtime.backoff import Backoff, RandomSource
 from tidepool.runtime.channel import auth_metadata, open_channel, sleep_until_reconnected
+from tidepool.runtime.replicas import ReplicaRotation, parse_addresses
 from tidepool.runtime.rules import METRICS_PORT_LABEL
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,9 @@ class EngineAgent:
         self._gpu = GpuSample.absent("not sampled yet")
         self._last_load = LoadReport(0, 0, config.capacity, 0)
         self._interval_s = DEFAULT_HEARTBEAT_INTERVAL_S
+        self._replicas = ReplicaRotation(parse_addresses(config.registry), self._new_backoff())
+        """With several registries (`A,B,C`): a lost one sends us to the next at once."""
+        self._channels: dict[str, Any] = {}
         self._channel: Any = None
         self._stub: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -133,10 +137,7 @@ class EngineAgent:
         if self._started:
             raise AgentStateError("EngineAgent.start: already started")
         self._started = True
-        self._channel = open_channel(
-            self._config.registry, root_certificates=self._config.root_certificates
-        )
-        self._stub = registry_pb2_grpc.RegistryStub(self._channel)
+        self._use_current_replica()
         deadline = None if timeout_s is None else self._clock() + timeout_s
         try:
             self._gpu = await sample_gpu(self._gpu_sampler)
@@ -210,19 +211,39 @@ class EngineAgent:
     def _new_backoff(self) -> Backoff:
         return Backoff(self._config.reconnect_min_s, self._config.reconnect_max_s, rng=self._rng)
 
+    def _use_current_replica(self) -> None:
+        """Point the stub at the replica the rotation names (channels are opened once)."""
+        address = self._replicas.current
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = open_channel(address, root_certificates=self._config.root_certificates)
+            self._channels[address] = channel
+        self._channel = channel
+        self._stub = registry_pb2_grpc.RegistryStub(channel)
+
+    def _next_replica(self) -> float:
+        """The current replica failed: move on; returns seconds to wait before trying."""
+        delay = self._replicas.failed()
+        self._use_current_replica()
+        return delay
+
     async def _register_retrying(self, deadline: float | None) -> None:
         backoff = self._new_backoff()
         while True:
             try:
                 await self._register_once()
+                self._replicas.succeeded()
                 return
             except (RegistryUnavailableError, InstanceNotFoundError) as exc:
-                delay = backoff.next_delay()
+                if isinstance(exc, RegistryUnavailableError):
+                    delay = self._next_replica()
+                else:
+                    delay = backoff.next_delay()
                 if deadline is not None and self._clock() + delay >= deadline:
                     raise RegistryUnavailableError(
                         f"gave up registering: {exc}", code=exc.code, details=exc.details
                     ) from None
-                log.warning("%s; retrying in %.2fs", exc, delay)
+                log.warning("%s; retrying at %s in %.2fs", exc, self._replicas.current, delay)
                 await sleep_until_reconnected(self._channel, delay)
 
     async def _register_once(self) -> None:
@@ -241,7 +262,7 @@ class EngineAgent:
                     request, metadata=self._metadata, timeout=self._config.rpc_timeout_s
                 )
             except grpc.RpcError as exc:
-                raise translate(exc, "register", self._config.registry) from None
+                raise translate(exc, "register", self._replicas.current) from None
         self._secret = response.secret
         interval = _seconds(response.heartbeat_interval)
         self._interval_s = interval if interval > 0 else DEFAULT_HEARTBEAT_INTERVAL_S
@@ -255,7 +276,7 @@ class EngineAgent:
             log.info("deregistered %s", self._instance_id)
         except grpc.RpcError as exc:
             # Best effort: the registry expires us at the TTL anyway.
-            log.warning("%s", translate(exc, "deregister", self._config.registry))
+            log.warning("%s", translate(exc, "deregister", self._replicas.current))
 
     # ---- heartbeat stream -------------------------------------------------
 
@@ -278,6 +299,8 @@ class EngineAgent:
                 await self._register_retrying(deadline=None)
             except RegistryUnavailableError as exc:
                 log.warning("heartbeat stream lost: %s", exc)
+                await sleep_until_reconnected(self._channel, self._next_replica())
+                continue
             except RegistrationError as exc:
                 self._fail(exc)
                 return
@@ -287,7 +310,7 @@ class EngineAgent:
         session = HeartbeatSession(
             self._stub,
             self._metadata,
-            registry=self._config.registry,
+            registry=self._replicas.current,
             rpc_timeout_s=self._config.rpc_timeout_s,
             request=self._heartbeat_request,
             interval_s=lambda: self._interval_s,
@@ -299,6 +322,7 @@ class EngineAgent:
             self._attachments += 1
             self.attached.set()
             backoff.reset()
+            self._replicas.succeeded()
 
         try:
             await session.run(attached)
@@ -362,9 +386,10 @@ class EngineAgent:
         await cancel_all(list(self._tasks))
 
     async def _close_channel(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()
+        self._channel = None
 
 
 def _seconds(duration: Any) -> float:

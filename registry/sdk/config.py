@@ -16,6 +16,7 @@ from ipaddress import ip_address
 from types import MappingProxyType
 
 from tidepool.runtime.options import parse_host_port
+from tidepool.runtime.replicas import parse_addresses
 from tidepool.runtime.rules import INSTANCE_ID, INSTANCE_ID_RULE, WEIGHT_MAX
 
 
@@ -31,7 +32,8 @@ class AgentConfig:
     """How an engine registers. Durations are in seconds."""
 
     registry: str
-    """Registry gRPC address, host:port."""
+    """Registry gRPC address, host:port; replicas comma-separated ("A,B,C"), the next
+    used when one cannot be reached."""
     address: str
     """Advertised ip:port routers connect to; a literal IP the registry sees us from."""
     token: str | None = None
@@ -58,7 +60,7 @@ class AgentConfig:
     registry's Consul API publishes it as service `tidepool-engine-metrics` (same host)."""
 
     def __post_init__(self) -> None:
-        _need(_is_host_port(self.registry), "registry", "must be host:port", self.registry)
+        _need(_is_address_list(self.registry), "registry", "must be host:port[,…]", self.registry)
         _need(_is_advertisable(self.address), "address", "must be a literal ip:port", self.address)
         _need(bool(self.service), "service", "must not be empty", self.service)
         _need(0 <= self.weight <= WEIGHT_MAX, "weight", "must be 0..1000", self.weight)
@@ -87,9 +89,9 @@ def _labels_ok(labels: Mapping[str, str]) -> bool:
     return all(isinstance(k, str) and k and isinstance(v, str) for k, v in labels.items())
 
 
-def _is_host_port(text: str) -> bool:
+def _is_address_list(text: str) -> bool:
     try:
-        parse_host_port(text)
+        parse_addresses(text)
     except ValueError:
         return False
     return True

@@ -49,8 +49,8 @@ def _put_alias(registry: RunningProcess) -> None:
 
 
 @pytest.fixture
-def replicas(tmp_path: Path) -> Iterator[tuple[list[RunningProcess], list[RunningProcess]]]:
-    """Two registries, each with an alias and one echo engine of its own (e-a, e-b)."""
+def registries(tmp_path: Path) -> Iterator[list[RunningProcess]]:
+    """Two registries (A and B), each with the alias."""
     started: list[RunningProcess] = []
     try:
         registries = start_all(
@@ -60,6 +60,18 @@ def replicas(tmp_path: Path) -> Iterator[tuple[list[RunningProcess], list[Runnin
         )
         for registry in registries:
             _put_alias(registry)
+        yield registries
+    finally:
+        stop_all(started)
+
+
+@pytest.fixture
+def replicas(
+    registries: list[RunningProcess],
+) -> Iterator[tuple[list[RunningProcess], list[RunningProcess]]]:
+    """The two registries, each with one echo engine of its own (e-a, e-b)."""
+    started: list[RunningProcess] = []
+    try:
         specs = [EngineSpec(f"e-{n}", {"lang": "zh"}) for n in ("a", "b")]
         engines = start_all(
             started,
@@ -148,3 +160,57 @@ def test_ctl_uses_the_next_replica_and_names_every_one_when_none_answers(
         assert "UNAVAILABLE" in failed.stderr, failed.stderr
         assert dead_too.address in failed.stderr, failed.stderr
         assert "Traceback" not in failed.stderr
+
+
+def _ready_ids(registry: RunningProcess) -> list[str]:
+    with grpc.insecure_channel(registry.grpc) as channel:
+        listed = pb_grpc.RegistryStub(channel).ListInstances(pb.ListInstancesRequest(), timeout=5)
+    return [i.id for i in listed.instances if i.state == pb.INSTANCE_STATE_READY]
+
+
+def _wait_ready_on(registry: RunningProcess, engine: RunningProcess, bound_s: float) -> float:
+    """Seconds until the engine is `ready` on `registry`; fails after `bound_s`."""
+    started = time.monotonic()
+    while "e-1" not in _ready_ids(registry):
+        elapsed = time.monotonic() - started
+        assert elapsed < bound_s, (
+            f"the engine is not ready on {registry.grpc} after {bound_s} s\n"
+            + engine.describe("engine")
+        )
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def test_an_engine_registers_with_the_next_replica_when_the_first_is_down(
+    registries: list[RunningProcess],
+) -> None:
+    _, registry_b = registries
+    started: list[RunningProcess] = []
+    with RefusingPort() as dead:
+        try:
+            spec = EngineSpec("e-1", {"lang": "zh"})
+            (engine,) = start_all(
+                started, [engine_args(f"{dead.address},{registry_b.grpc}", spec)], ENGINE_READY
+            )
+            _wait_ready_on(registry_b, engine, SWITCH_S)
+        finally:
+            stop_all(started)
+
+
+def test_an_engine_attaches_to_the_other_replica_when_its_replica_is_killed(
+    registries: list[RunningProcess],
+) -> None:
+    registry_a, registry_b = registries
+    started: list[RunningProcess] = []
+    try:
+        spec = EngineSpec("e-1", {"lang": "zh"})
+        (engine,) = start_all(
+            started, [engine_args(f"{registry_a.grpc},{registry_b.grpc}", spec)], ENGINE_READY
+        )
+        _wait_ready_on(registry_a, engine, SWITCH_S)
+        assert "e-1" not in _ready_ids(registry_b)
+        registry_a.kill()
+        took = _wait_ready_on(registry_b, engine, SWITCH_S)
+        print(f"engine ready on replica B {took:.2f} s after replica A was killed")
+    finally:
+        stop_all(started)
