@@ -41,11 +41,12 @@ from tidepool.runtime.children import (
 from tidepool.runtime.options import (
     CommandParser,
     ConfigError,
-    Option,
     add_options,
-    parse_host_port,
+    host_port,
+    options_for,
     parse_positive_float,
     resolve,
+    setting,
 )
 from tidepool.runtime.signals import ShutdownSignals
 
@@ -90,99 +91,70 @@ def parse_fleet(text: str) -> tuple[EngineSpec, ...]:
     return tuple(specs)
 
 
-def _address(text: str) -> str:
-    parse_host_port(text)
-    return text
+@dataclass(frozen=True)
+class UpConfig:
+    """What `tidepool up` starts; each field is also a flag, env var and config key."""
 
-
-OPTIONS = (
-    Option("data_dir", ENV + "DATA_DIR", ".tidepool/up", "registry data directory"),
-    Option(
-        "registry_listen",
-        ENV + "REGISTRY_LISTEN",
-        "127.0.0.1:7700",
-        "registry gRPC address",
-        _address,
-        "HOST:PORT",
-    ),
-    Option(
-        "registry_http_listen",
-        ENV + "REGISTRY_HTTP_LISTEN",
-        "127.0.0.1:7701",
-        "registry /metrics and health address",
-        _address,
-        "HOST:PORT",
-    ),
-    Option(
-        "fleet",
-        ENV + "FLEET",
-        DEFAULT_FLEET,
-        "engines to start, comma-separated lang/tier/weight/speed",
-        parse_fleet,
-    ),
-    Option(
-        "model_load_s",
-        ENV + "MODEL_LOAD_S",
-        1.0,
-        "simulated model load time of each engine",
-        parse_positive_float,
-        "S",
-    ),
-    Option(
-        "router_listen",
-        ENV + "ROUTER_LISTEN",
-        "127.0.0.1:7710",
-        "router gRPC address (send traffic here)",
-        _address,
-        "HOST:PORT",
-    ),
-    Option(
-        "router_http_listen",
-        ENV + "ROUTER_HTTP_LISTEN",
+    data_dir: str = setting(".tidepool/up", "registry data directory", metavar="DIR")
+    registry_listen: str = setting(
+        "127.0.0.1:7700", "registry gRPC address", host_port, metavar="HOST:PORT"
+    )
+    registry_http_listen: str = setting(
+        "127.0.0.1:7701", "registry /metrics and health address", host_port, metavar="HOST:PORT"
+    )
+    fleet: tuple[EngineSpec, ...] = setting(
+        DEFAULT_FLEET, "engines to start, comma-separated lang/tier/weight/speed", parse_fleet
+    )
+    model_load_s: float = setting(
+        1.0, "simulated model load time of each engine", parse_positive_float, metavar="S"
+    )
+    router_listen: str = setting(
+        "127.0.0.1:7710", "router gRPC address (send traffic here)", host_port, metavar="HOST:PORT"
+    )
+    router_http_listen: str = setting(
         "127.0.0.1:7711",
-        "router /metrics, health and /v1/resolve address",
-        _address,
-        "HOST:PORT",
-    ),
-    Option(
-        "scheduler_http_listen",
-        ENV + "SCHEDULER_HTTP_LISTEN",
-        "127.0.0.1:7720",
-        "scheduler /metrics and health address",
-        _address,
-        "HOST:PORT",
-    ),
-    Option(
-        "policy",
-        ENV + "POLICY",
+        "router /metrics, health, /v1/resolve and /v1/endpoints address",
+        host_port,
+        metavar="HOST:PORT",
+    )
+    scheduler_http_listen: str = setting(
+        "127.0.0.1:7720", "scheduler /metrics and health address", host_port, metavar="HOST:PORT"
+    )
+    policy: str | None = setting(
         None,
         "scheduler policy TOML (default: a policy for this fleet, written to the data dir)",
-        str,
-        "FILE",
-    ),
-    Option("engine_token", ENV + "ENGINE_TOKEN", None, "engine token (registry and engines)"),
-    Option("admin_token", ENV + "ADMIN_TOKEN", None, "admin token (registry)"),
-)
+        metavar="FILE",
+    )
+    engine_token: str | None = setting(None, "engine token (registry and engines)")
+    admin_token: str | None = setting(None, "admin token (registry)")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fleet, str):  # the default, as text: one parser for both
+            object.__setattr__(self, "fleet", parse_fleet(self.fleet))
 
 
-def _registry_args(settings: Mapping[str, object]) -> list[str]:
+OPTIONS = options_for(UpConfig, ENV)
+
+
+def _registry_args(config: UpConfig) -> list[str]:
     args = [
         "registry",
         "serve",
         "--listen",
-        str(settings["registry_listen"]),
+        str(config.registry_listen),
         "--http-listen",
-        str(settings["registry_http_listen"]),
+        str(config.registry_http_listen),
         "--data-dir",
-        str(settings["data_dir"]),
+        str(config.data_dir),
     ]
-    for name in ("engine_token", "admin_token"):
-        if settings[name]:
-            args += ["--" + name.replace("_", "-"), str(settings[name])]
+    if config.engine_token:
+        args += ["--engine-token", config.engine_token]
+    if config.admin_token:
+        args += ["--admin-token", config.admin_token]
     return args
 
 
-def _engine_args(spec: EngineSpec, registry: str, settings: Mapping[str, object]) -> list[str]:
+def _engine_args(spec: EngineSpec, registry: str, config: UpConfig) -> list[str]:
     args = [
         "engine-stub",
         "--registry",
@@ -196,56 +168,56 @@ def _engine_args(spec: EngineSpec, registry: str, settings: Mapping[str, object]
         "--speed",
         str(spec.speed),
         "--model-load-s",
-        str(settings["model_load_s"]),
+        str(config.model_load_s),
     ]
-    if settings["engine_token"]:
-        args += ["--token", str(settings["engine_token"])]
+    if config.engine_token:
+        args += ["--token", str(config.engine_token)]
     return args
 
 
-def _router_args(registry: str, settings: Mapping[str, object]) -> list[str]:
+def _router_args(registry: str, config: UpConfig) -> list[str]:
     args = [
         "router",
         "serve",
         "--registry",
         registry,
         "--listen",
-        str(settings["router_listen"]),
+        str(config.router_listen),
         "--http-listen",
-        str(settings["router_http_listen"]),
+        str(config.router_http_listen),
         "--state-file",
-        os.path.join(str(settings["data_dir"]), "router-view.json"),
+        os.path.join(str(config.data_dir), "router-view.json"),
     ]
-    if settings["admin_token"]:
-        args += ["--token", str(settings["admin_token"])]
+    if config.admin_token:
+        args += ["--token", str(config.admin_token)]
     return args
 
 
-def _policy_path(settings: Mapping[str, object]) -> str:
+def _policy_path(config: UpConfig) -> str:
     """The policy the scheduler runs: `--policy`, or the default written to the data dir."""
-    if settings["policy"]:
-        return str(settings["policy"])
-    path = Path(str(settings["data_dir"])) / "policy.toml"
+    if config.policy:
+        return str(config.policy)
+    path = Path(str(config.data_dir)) / "policy.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(DEFAULT_POLICY_TEXT, encoding="utf-8")
     return str(path)
 
 
-def _scheduler_args(registry: str, settings: Mapping[str, object]) -> list[str]:
+def _scheduler_args(registry: str, config: UpConfig) -> list[str]:
     args = [
         "scheduler",
         "run",
         "--registry",
         registry,
         "--policy",
-        _policy_path(settings),
+        _policy_path(config),
         "--http-listen",
-        str(settings["scheduler_http_listen"]),
+        str(config.scheduler_http_listen),
     ]
-    if settings["admin_token"]:
-        args += ["--token", str(settings["admin_token"])]
-    if settings["engine_token"]:
-        args += ["--engine-token", str(settings["engine_token"])]
+    if config.admin_token:
+        args += ["--token", str(config.admin_token)]
+    if config.engine_token:
+        args += ["--engine-token", str(config.engine_token)]
     return args
 
 
@@ -326,10 +298,10 @@ async def _start_ready(name: str, args: Sequence[str]) -> Child:
     return child
 
 
-async def _start_fleet(settings: Mapping[str, object], registry: str) -> list[Child]:
-    fleet: tuple[EngineSpec, ...] = settings["fleet"]  # type: ignore[assignment]
+async def _start_fleet(config: UpConfig, registry: str) -> list[Child]:
+    fleet: tuple[EngineSpec, ...] = config.fleet
     engines = [
-        _start(f"engine-{i}-{spec.lang}-{spec.tier}", _engine_args(spec, registry, settings))
+        _start(f"engine-{i}-{spec.lang}-{spec.tier}", _engine_args(spec, registry, config))
         for i, spec in enumerate(fleet)
     ]
     await ready_all_async(engines, READY_TIMEOUT_S, ENGINE_STOP_S)
@@ -340,26 +312,26 @@ async def _start_fleet(settings: Mapping[str, object], registry: str) -> list[Ch
     return engines
 
 
-async def run(settings: Mapping[str, object]) -> int:
+async def run(config: UpConfig) -> int:
     with ShutdownSignals() as signals:
-        return await _run(settings, signals.received)
+        return await _run(config, signals.received)
 
 
-async def _run(settings: Mapping[str, object], stop: asyncio.Event) -> int:
-    _say(f"tidepool up: starting the registry (data in {settings['data_dir']})")
-    registry = await _start_ready("registry", _registry_args(settings))
+async def _run(config: UpConfig, stop: asyncio.Event) -> int:
+    _say(f"tidepool up: starting the registry (data in {config.data_dir})")
+    registry = await _start_ready("registry", _registry_args(config))
     engines: list[Child] = []
     scheduler: Child | None = None
     router: Child | None = None
     try:
         address = registry.fields["grpc"]
         _say(f"registry  grpc={address}  http={registry.fields.get('http')}")
-        scheduler = await _start_ready("scheduler", _scheduler_args(address, settings))
+        scheduler = await _start_ready("scheduler", _scheduler_args(address, config))
         _say(f"scheduler role={scheduler.fields.get('role')}  http={scheduler.fields.get('http')}")
-        engines = await _start_fleet(settings, address)
+        engines = await _start_fleet(config, address)
         ids = [e.fields.get("id", "") for e in engines]
-        await wait_admitted(address, settings["admin_token"], ids)  # type: ignore[arg-type]
-        router = await _start_ready("router", _router_args(address, settings))
+        await wait_admitted(address, config.admin_token, ids)
+        router = await _start_ready("router", _router_args(address, config))
         at = router.fields.get("grpc", "?")
         _say(f"router    grpc={at}  http={router.fields.get('http')}")
         me = command_prefix()
@@ -414,12 +386,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     """Entry point of `tidepool up`; returns the exit code."""
     args = parser().parse_args(argv)
     try:
-        settings = resolve(OPTIONS, args, os.environ if environ is None else environ)
+        config = UpConfig(**resolve(OPTIONS, args, os.environ if environ is None else environ))
     except ConfigError as exc:
         sys.stderr.write(f"tidepool up: {exc}\n")
         return 2
     try:
-        return uvloop.run(run(settings))
+        return uvloop.run(run(config))
     except (ChildError, grpc.RpcError) as exc:
         sys.stderr.write(f"tidepool up: {exc}\n")
         return 1

@@ -10,8 +10,9 @@ from engine_stub.config import EngineStubConfig, FaultConfig
 from router.config import RouterConfig
 from scheduler.config import SchedulerConfig
 from tidepool.runtime.options import OPTION_KEY, options_for, setting, whole
+from tidepool.up import UpConfig
 
-CONFIGS = [EngineStubConfig, FaultConfig, RouterConfig, SchedulerConfig]
+CONFIGS = [EngineStubConfig, FaultConfig, RouterConfig, SchedulerConfig, UpConfig]
 NESTED = {(EngineStubConfig, "faults")}
 """Fields that hold another config whose own fields are the options."""
 TIME_WORDS = {"timeout", "interval", "ttl", "grace", "deadline", "latency", "seconds", "delay"}
