@@ -22,9 +22,7 @@ from pods not yet Ready; it is not built.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,10 +30,11 @@ from typing import Protocol
 
 from scheduler.errors import ProviderError
 from scheduler.policy import ProviderPolicy
-from tidepool.runtime.children import tidepool_argv
+from tidepool.runtime.children import TIDEPOOL, Child, start_child
 
 log = logging.getLogger("tidepool.scheduler.provider")
 STOP_TIMEOUT_S = 40.0
+"""SIGTERM (the engine drains and deregisters), then SIGKILL after this long."""
 
 
 class Provider(Protocol):
@@ -59,7 +58,7 @@ class Provider(Protocol):
 @dataclass
 class _Started:
     pool: str
-    process: asyncio.subprocess.Process
+    process: Child
     registered: bool = False
 
 
@@ -78,12 +77,8 @@ class LocalProvider:
         for _ in range(count):
             instance_id = f"{self.name}-{tier}-{uuid.uuid4().hex[:8]}"
             try:
-                process = await asyncio.create_subprocess_exec(
-                    *self._argv(instance_id, pool, lang, tier),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.DEVNULL,
-                    start_new_session=True,
-                )
+                argv = [*TIDEPOOL, *self._argv(instance_id, pool, lang, tier)]
+                process = start_child(f"engine {instance_id}", argv, on_stdout=_discard)
             except OSError as exc:
                 raise ProviderError(f"local: cannot start an engine: {exc}") from exc
             self._engines[instance_id] = _Started(pool, process)
@@ -92,7 +87,7 @@ class LocalProvider:
 
     def _argv(self, instance_id: str, pool: str, lang: str, tier: str) -> list[str]:
         policy = self.policy
-        argv = tidepool_argv([
+        argv = [
             "engine-stub",
             "--registry", self.registry,
             "--instance-id", instance_id,
@@ -104,7 +99,7 @@ class LocalProvider:
             "--slots", str(policy.slots),
             "--speed", str(policy.speed),
             "--model-load-s", str(policy.model_load_s),
-        ])  # fmt: skip
+        ]  # fmt: skip
         if self.engine_token:
             argv += ["--token", self.engine_token]
         return argv
@@ -113,7 +108,7 @@ class LocalProvider:
         started = self._engines.pop(instance_id, None)
         if started is None:
             raise ProviderError(f"local: {instance_id} was not started by this provider")
-        await _terminate(started.process)
+        await started.process.stop_async(STOP_TIMEOUT_S)
 
     def starting(self) -> dict[str, int]:
         self._reap()
@@ -145,17 +140,8 @@ class LocalProvider:
 
     async def close(self) -> None:
         engines, self._engines = list(self._engines.values()), {}
-        await asyncio.gather(*(_terminate(e.process) for e in engines))
+        await asyncio.gather(*(e.process.stop_async(STOP_TIMEOUT_S) for e in engines))
 
 
-async def _terminate(process: asyncio.subprocess.Process) -> None:
-    """SIGTERM (the engine drains and deregisters), then SIGKILL after STOP_TIMEOUT_S."""
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
+def _discard(line: str) -> None:
+    """An engine's output is not the scheduler's to print (its log says what happens)."""
