@@ -1,7 +1,8 @@
 """Send one unary call to a picked engine, retrying elsewhere when that is safe.
 
 Shared by the proxy and the in-process client, so both balance, eject and retry
-the same way. Bytes in, bytes out: nothing here decodes a message.
+the same way, by `retry.decide` and a `timers.Deadline` (which the relay uses
+too). Bytes in, bytes out: nothing here decodes a message.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from router.endpoint import Endpoint
 from router.metadata import Metadata, answer_metadata
 from router.retry import Failure, RetryBudget, RetryPolicy, Verdict, classify, decide
 from router.table import RoutingTable
+from router.timers import Deadline
 
 _NONE: frozenset[str] = frozenset()
 
@@ -149,7 +151,7 @@ class Forwarder:
         metadata (the in-process client returns the message alone).
         """
         self.budget.deposit()
-        deadline = self._clock() + timeout
+        deadline = Deadline.after(self._clock(), timeout)
         exclude = _NONE
         attempts = 0
         in_flight = self.table.in_flight
@@ -158,7 +160,7 @@ class Forwarder:
             attempts += 1
             started = self._clock()
             call: Any = self.channels.unary(endpoint.address, method)(
-                request, timeout=deadline - started, metadata=metadata
+                request, timeout=deadline.left(started), metadata=metadata
             )
             in_flight[endpoint.id] = in_flight.get(endpoint.id, 0) + 1
             try:
@@ -170,7 +172,7 @@ class Forwarder:
                 failure = classify(code, error.details(), answered)
                 now = self._clock()
                 if self.after_failure(
-                    method, alias, endpoint, failure, code, attempts, deadline - now
+                    method, alias, endpoint, failure, code, attempts, deadline.left(now)
                 ):
                     exclude = exclude | {endpoint.id}
                     continue

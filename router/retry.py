@@ -44,6 +44,9 @@ class Failure(Enum):
     """The connection broke before any answer from the engine."""
     ANSWERED = "answered"
     """The engine answered with an error status."""
+    REFUSED = "refused"
+    """The engine refused the stream unprocessed (REFUSED_STREAM, or past its GOAWAY):
+    not a fault of the engine, and it cost the engine nothing."""
 
 
 def classify(code: grpc.StatusCode, details: str | None, answered: bool) -> Failure:
@@ -85,7 +88,10 @@ class RetryPolicy:
         return code is grpc.StatusCode.UNAVAILABLE and method in self.idempotent_methods
 
     def ejects(self, failure: Failure, code: grpc.StatusCode) -> bool:
-        """Passive ejection: a connect failure, a reset, or UNAVAILABLE from the engine."""
+        """Passive ejection: a connect failure, a reset, or UNAVAILABLE from the engine
+        (never a refused stream: an engine draining says so before it stops)."""
+        if failure is Failure.REFUSED:
+            return False
         return failure is not Failure.ANSWERED or code is grpc.StatusCode.UNAVAILABLE
 
 
@@ -105,6 +111,8 @@ class Decision:
     """A retry that must draw on the retry budget (one that may have reached an engine)."""
 
 
+_FREE = frozenset({Failure.CONNECT, Failure.REFUSED})
+"""Failures that cost no engine anything: their retries are not budgeted."""
 MIN_ATTEMPT_S = 0.001
 """Less of the caller's deadline than this left: no new attempt."""
 
@@ -121,8 +129,9 @@ def decide(
     """The one retry decision every data path uses: retry, eject, or give up. Pure.
 
     `replayable`: the router still holds everything the attempt was sent and the
-    caller has seen nothing of its answer. Why a connect failure is not budgeted:
-    it cost no engine anything, so retrying it cannot amplify an outage.
+    caller has seen nothing of its answer. Why a connect failure or a refused
+    stream is not budgeted: it cost no engine anything, so retrying it cannot
+    amplify an outage.
     """
     eject = policy.ejects(failure, code)
     if (
@@ -132,7 +141,7 @@ def decide(
         or time_left_s < MIN_ATTEMPT_S
     ):
         return Decision(Verdict.GIVE_UP, eject, budgeted=False)
-    return Decision(Verdict.RETRY, eject, budgeted=failure is not Failure.CONNECT)
+    return Decision(Verdict.RETRY, eject, budgeted=failure not in _FREE)
 
 
 class RetryBudget:

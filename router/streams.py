@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -25,21 +24,15 @@ import grpc
 from router.forward import Forwarder, ForwardError
 from router.metadata import Metadata, answer_metadata
 from router.retry import classify
+from router.timers import Deadline, StreamTimeouts, stream_expired, stream_limit
+
+__all__ = ["StreamForwarder", "StreamTimeouts"]
 
 _NONE: frozenset[str] = frozenset()
 WATCH_S = 0.25
 """How often a stream's timers are looked at."""
 READ_AHEAD_S = 0.05
 """Longest wait for a caller's half-close before an engine whose answer was lost is asked again."""
-
-
-@dataclass(frozen=True)
-class StreamTimeouts:
-    first_response_s: float = 30.0
-    """Longest wait for the engine's first message after the caller's last one."""
-    idle_s: float = 60.0
-    """Longest silence in both directions otherwise (before the caller's first
-    message, and once the engine has answered)."""
 
 
 class _Exchange:
@@ -79,7 +72,7 @@ class StreamForwarder:
         fwd.budget.deposit()
         exchange = _Exchange(context)
         pump = asyncio.create_task(self._pump_up(exchange))
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = Deadline.after(time.monotonic(), timeout)
         exclude = _NONE
         attempts = 0
         asked_again = again = False
@@ -88,7 +81,7 @@ class StreamForwarder:
                 if not again:
                     alias, endpoint = fwd.pick(aliases, exclude)
                     attempts += 1
-                left = None if deadline is None else deadline - time.monotonic()
+                left = deadline.attempt_timeout(time.monotonic())
                 call = self._call(endpoint.address, method, exchange, left, metadata, again)
                 again = False
                 exchange.call = call
@@ -119,7 +112,7 @@ class StreamForwarder:
                 details = await call.details()
                 failure = classify(code, details, exchange.responses > 0)
                 safe = exchange.responses == 0 and exchange.sent <= 1
-                left = float("inf") if deadline is None else deadline - time.monotonic()
+                left = deadline.left(time.monotonic())
                 if fwd.after_failure(method, alias, endpoint, failure, code, attempts, left, safe):
                     exclude = exclude | {endpoint.id}
                     continue
@@ -212,11 +205,11 @@ class StreamForwarder:
         reader = asyncio.ensure_future(self._relay(exchange))
         try:
             while True:
-                # Waiting for the engine's first answer to what the caller sent;
-                # otherwise (an answer came, or the caller sent nothing yet) idle.
+                # The same two timers as the relay's (`router.timers`): waiting for the
+                # engine's first answer to what the caller sent, or idle.
                 spoke = exchange.sent > 0 or exchange.half_closed
-                awaiting = spoke and exchange.responses == 0
-                limit = self._timeouts.first_response_s if awaiting else self._timeouts.idle_s
+                answered = exchange.responses > 0
+                _, limit = stream_limit(spoke, answered, self._timeouts)
                 wait_s = exchange.last_activity + limit - time.monotonic()
                 # Wake at least every WATCH_S: the caller's messages change the limit.
                 done, _ = await asyncio.wait({reader}, timeout=min(max(wait_s, 0), WATCH_S))
@@ -224,8 +217,12 @@ class StreamForwarder:
                     reader.result()
                     code: grpc.StatusCode = await call.code()
                     return code
-                if time.monotonic() - exchange.last_activity >= limit:
-                    what = "sent no response within" if awaiting else "idle for"
+                now = time.monotonic()
+                verdict = stream_expired(
+                    now, exchange.last_activity, spoke, answered, self._timeouts
+                )
+                if verdict is not None:
+                    what, limit = verdict
                     call.cancel()
                     raise ForwardError(
                         grpc.StatusCode.DEADLINE_EXCEEDED,

@@ -1,7 +1,9 @@
 """A hand-rolled HTTP/2 frame relay: the router's cheaper data path (`--data-path relay`).
 
 It decodes only the request HEADERS (to route) and forwards DATA frames as they
-are, with HTTP/2 flow control carried across both hops as backpressure.
+are, with HTTP/2 flow control carried across both hops as backpressure. HTTP/2
+itself is the sans-IO core in `h2core`; `connection` is its asyncio transport
+and `relay` the calls.
 """
 
 from router.relay.server import RelayServer, start_relay

@@ -1,10 +1,11 @@
-"""HTTP/2 framing for the relay: frame codec, stateless HPACK encoding, window arithmetic.
+"""HTTP/2 framing for the relay: frame codec, settings, stateless HPACK encoding, gRPC values.
 
-Pure code, no I/O, so the byte-level rules can be tested on their own. Why the
-encoder only writes literals "without indexing": it keeps no dynamic table, so
-one encoder serves every connection and never has to follow a peer's
-SETTINGS_HEADER_TABLE_SIZE; the cost (a few more bytes per header) is small
-next to a gRPC message, and each header pair's encoding is cached.
+Pure code, no I/O, so the byte-level rules can be tested on their own (the
+windows are in `h2core.flow`). Why the encoder only writes literals "without
+indexing": it keeps no dynamic table, so one encoder serves every connection
+and never has to follow a peer's SETTINGS_HEADER_TABLE_SIZE; the cost (a few
+more bytes per header) is small next to a gRPC message, and each header pair's
+encoding is cached.
 """
 
 from __future__ import annotations
@@ -295,70 +296,3 @@ def grpc_message(text: str) -> bytes:
         else:
             out += b"%%%02X" % byte
     return bytes(out)
-
-
-# ---- flow control ------------------------------------------------------------
-
-
-class SendWindow:
-    """How many DATA bytes the peer lets us send (a stream's or the connection's)."""
-
-    __slots__ = ("available",)
-
-    def __init__(self, size: int) -> None:
-        self.available = size
-
-    def grant(self, increment: int) -> None:
-        """WINDOW_UPDATE from the peer; past 2^31-1 is the peer's FLOW_CONTROL_ERROR."""
-        if increment == 0:
-            raise ProtocolError(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
-        if self.available + increment > MAX_WINDOW:
-            raise ProtocolError(FLOW_CONTROL_ERROR, "window grown past 2^31-1")
-        self.available += increment
-
-    def adjust(self, delta: int) -> None:
-        """A new SETTINGS_INITIAL_WINDOW_SIZE shifts open stream windows (may go negative)."""
-        if self.available + delta > MAX_WINDOW:
-            raise ProtocolError(FLOW_CONTROL_ERROR, "window grown past 2^31-1")
-        self.available += delta
-
-
-class RecvWindow:
-    """How many DATA bytes we let the peer send, and the credit we owe it back.
-
-    Credit is released only when the relay has handed the bytes on (that is the
-    backpressure), and sent back in batches of `threshold` to save frames.
-    """
-
-    __slots__ = ("available", "pending", "size", "threshold")
-
-    def __init__(self, size: int, threshold: int | None = None) -> None:
-        self.size = size
-        self.available = size
-        self.pending = 0
-        self.threshold = size // 2 if threshold is None else threshold
-
-    def receive(self, length: int) -> None:
-        """The peer sent `length` flow-controlled bytes; more than allowed is its error."""
-        if length > self.available:
-            raise ProtocolError(FLOW_CONTROL_ERROR, f"{length} bytes sent into a window of "
-                                f"{self.available}")  # fmt: skip
-        self.available -= length
-
-    def release(self, length: int, grow_to: int = 0) -> int:
-        """`length` bytes were passed on; the WINDOW_UPDATE increment to send now (or 0).
-
-        With `grow_to`, each batch also doubles the window up to that size: a window
-        grows only while its bytes are taken, so a peer that takes none holds little.
-        """
-        self.pending += length
-        if self.pending < self.threshold:
-            return 0
-        increment, self.pending = self.pending, 0
-        if self.size < grow_to:
-            extra = min(self.size, grow_to - self.size)
-            self.size += extra
-            self.threshold = self.size // 2
-            increment += extra
-        self.available += increment
-        return increment

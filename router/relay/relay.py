@@ -1,12 +1,14 @@
 """One relayed gRPC call: route it, pick an engine, pump frames both ways, retry when safe.
 
-The same policy as the grpc.aio path (`Forwarder.after_failure`): an attempt
-that failed before the engine answered is retried on another instance while
-the router still holds every request byte it sent (up to `BUFFER_LIMIT_BYTES`,
-and never once a response has reached the caller); UNAVAILABLE from an engine
-is retried for idempotent methods. Why hold a response's HEADERS for those
-methods until its first DATA or trailers: an engine that answers UNAVAILABLE
-after initial metadata could not be retried once the caller saw them.
+The same policy as the grpc.aio path, through the same `retry.decide`
+(`Forwarder.after_failure`): an attempt that failed before the engine answered
+is retried on another instance while the router still holds every request byte
+it sent (up to `BUFFER_LIMIT_BYTES`, and never once a response has reached the
+caller); UNAVAILABLE from an engine is retried for idempotent methods. Why hold
+a response's HEADERS for those methods until its first DATA or trailers: an
+engine that answers UNAVAILABLE after initial metadata could not be retried
+once the caller saw them. A call moves through one `Phase`; its deadline and
+stream timers are `router.timers`' and share one wheel timer.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from enum import Enum
 from typing import TYPE_CHECKING
 
 import grpc
@@ -21,7 +24,7 @@ import grpc
 from router.endpoint import Endpoint
 from router.forward import ForwardError
 from router.relay import frames as f
-from router.relay import health
+from router.relay import health, reflection
 from router.relay.connection import CONNECTION_LOST, Connection, Stream
 from router.relay.frames import Header
 from router.relay.grpcwire import (
@@ -33,21 +36,39 @@ from router.relay.grpcwire import (
     status_block,
 )
 from router.relay.upstream import CONNECT_TIMEOUT_S, UpstreamPool
-from router.relay.watchdog import StreamWatchdog
 from router.retry import Failure, classify
 from router.table import RouteError
+from router.timers import NO_DEADLINE, Deadline, LoopTimers, StreamClock, Timer
 
 if TYPE_CHECKING:
     from router.core import RouterCore
 
 BUFFER_LIMIT_BYTES = 1 << 20
 """Request bytes kept for a retry; a longer request is not retried once sent."""
-NO_DEADLINE = 1e18
 log = logging.getLogger(__name__)
 
 
+class Phase(Enum):
+    """Where a relayed call stands; each attempt goes CONNECTING → SENT (→ HELD)."""
+
+    ROUTING = "routing"
+    """Routed; the first attempt starts once the caller's read is handled."""
+    CONNECTING = "connecting"
+    """An engine is picked (and counted in flight); waiting for a connection to it."""
+    SENT = "sent"
+    """The attempt's stream is open; the engine has not answered: a retry is possible."""
+    HELD = "held"
+    """The engine's response headers are held back (idempotent method): still retryable."""
+    RESPONDING = "responding"
+    """The caller has seen response headers: the answer is the caller's, no retry."""
+    DONE = "done"
+
+
+_ATTEMPTING = frozenset({Phase.CONNECTING, Phase.SENT, Phase.HELD})
+
+
 class Relay:
-    """What every call shares: the router core and the engine connections."""
+    """What every call shares: the router core, the engine connections, the timers."""
 
     def __init__(self, core: RouterCore, pool: UpstreamPool) -> None:
         self.core = core
@@ -61,6 +82,8 @@ class Relay:
         self.idempotent = frozenset(core.forwarder.policy.idempotent_methods)
         self.max_message = core.config.max_message_bytes
         self.stream_timeouts = core.config.stream_timeouts()
+        self.loop = asyncio.get_running_loop()
+        self.timers = LoopTimers(self.loop)
         self.serving = False
         """What grpc.health.v1.Health/Check answers (the frontend sets it)."""
         self.watchers = health.Watchers()
@@ -97,42 +120,57 @@ class Relay:
         task.add_done_callback(self.tasks.discard)
 
 
+def _local_call(relay: Relay, stream: Stream, path: bytes, end: bool) -> bool:
+    """Answer a call for a service the relay serves itself (health, reflection)."""
+    if path.startswith(health.PREFIX):
+        health.HealthCall(stream, path, relay.is_serving, relay.watchers).start(end)
+        return True
+    if path.startswith(reflection.PREFIXES):
+        reflection.ReflectionCall(stream, path).start(end)
+        return True
+    return False
+
+
 class RelayCall:
     """A client stream and, in turn, each attempt's upstream stream (a StreamHandler for both)."""
 
     def __init__(self, relay: Relay, client: Stream, request_done: bool) -> None:
         self.r = relay
         self.client = client
-        self.loop = asyncio.get_running_loop()
+        self.phase = Phase.ROUTING
         self.method = ""
         self.began = 0.0
         self.aliases: tuple[str, ...] = ()
         self.block = b""
-        self.deadline = NO_DEADLINE
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = Deadline(NO_DEADLINE)
+        self.clock: StreamClock | None = None
+        """The stream timers of a non-unary call."""
+        self.timer: Timer | None = None
+        """One wheel timer for the deadline and the stream timers, whichever is first."""
         self.body: list[bytes] = []
         self.body_bytes = 0
         self.replayable = True
         self.request_done = request_done
         self.received = 0  # client DATA bytes received, and credited back
         self.credited = 0
-        self.responded = False  # response headers sent to the client
-        self.finished = False
         self.attempts = 0
         self.exclude: frozenset[str] = frozenset()
         self.up: Stream | None = None
         self.alias = ""
         self.endpoint: Endpoint | None = None
-        self.started = 0.0
-        self.active = False  # this attempt counts in table.in_flight
+        self.in_flight: str | None = None
+        """The engine whose in-flight count this attempt holds (until `end_attempt`)."""
+        self.started = 0.0  # this attempt's start (for its latency)
         self.sent = 0  # request bytes this attempt wrote upstream
-        self.answered = False  # this attempt's response headers arrived
-        self.held: list[Header] | None = None
+        self.held: list[Header] = []
         self.resp_received = 0
         self.resp_credited = 0
         self.request_meter = MessageMeter(relay.max_message)
         self.response_meter = MessageMeter(relay.max_message)
-        self.watchdog: StreamWatchdog | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.phase is Phase.DONE
 
     def start(self, headers: list[Header]) -> None:
         self.client.handler = self
@@ -140,9 +178,7 @@ class RelayCall:
         if not path:
             self.client.conn.reset(self.client, f.PROTOCOL_ERROR)
             return
-        if path.startswith(health.PREFIX):
-            call = health.HealthCall(self.client, path, self.r.is_serving, self.r.watchers)
-            call.start(self.request_done)
+        if _local_call(self.r, self.client, path, self.request_done):
             return
         self.method = path.decode(errors="replace")
         self.began = time.monotonic()
@@ -155,19 +191,19 @@ class RelayCall:
             self.r.metrics.failed(error.code.name)
             self.respond_error(error.code, error.message)
             return
-        if timeout is not None:
-            self.deadline = self.loop.time() + timeout
-            self.timer = self.loop.call_at(self.deadline, self.on_deadline)
+        now = self.r.loop.time()
+        self.deadline = Deadline.after(now, timeout)
         self.block = f.encode_headers(forward)
         if not unary:
-            self.watchdog = StreamWatchdog(self.loop, self.r.stream_timeouts, self.on_watchdog)
+            self.clock = StreamClock(self.r.stream_timeouts, now)
             if self.request_done:
-                self.watchdog.caller_sent()
+                self.clock.caller_sent(now)
+        self.arm()
         self.r.forwarder.budget.deposit()
         self.client.conn.defer(self.first_attempt)  # not for a request reset in the same read
 
     def first_attempt(self) -> None:
-        if not self.finished:
+        if self.phase is Phase.ROUTING:
             self.attempt()
 
     def attempt(self) -> None:
@@ -180,8 +216,8 @@ class RelayCall:
         self.endpoint = endpoint
         self.attempts += 1
         self.started = time.monotonic()
-        self.answered = False
-        self.active = True
+        self.phase = Phase.CONNECTING
+        self.in_flight = endpoint.id
         in_flight = self.r.table.in_flight
         in_flight[endpoint.id] = in_flight.get(endpoint.id, 0) + 1
         conn = self.r.pool.ready(endpoint.address)
@@ -191,25 +227,26 @@ class RelayCall:
             self.r.spawn(self.connect(endpoint, self.attempts))
 
     async def connect(self, endpoint: Endpoint, attempt: int) -> None:
-        wait = min(CONNECT_TIMEOUT_S, self.deadline - self.loop.time())
+        wait = min(CONNECT_TIMEOUT_S, self.deadline.left(self.r.loop.time()))
         try:
             conn = await self.r.pool.get(endpoint.address, max(wait, 0.001))
         except (OSError, TimeoutError) as error:
-            if not self.finished and attempt == self.attempts:
+            if self.phase is Phase.CONNECTING and attempt == self.attempts:
                 reason = str(error) or type(error).__name__
                 message = f"failed to connect to engine {endpoint.address}: {reason}"
                 self.attempt_failed(Failure.CONNECT, message)
             return
-        if not self.finished and attempt == self.attempts:
+        if self.phase is Phase.CONNECTING and attempt == self.attempts:
             self.open_upstream(conn)
 
     def open_upstream(self, conn: Connection) -> None:
         up = self.up = conn.open_stream(self)
+        self.phase = Phase.SENT
         self.sent = self.resp_received = self.resp_credited = 0
         self.response_meter.restart()
         block = self.block
-        if self.deadline != NO_DEADLINE:
-            left = self.deadline - self.loop.time()
+        if self.deadline.bounded:
+            left = self.deadline.left(self.r.loop.time())
             block += f.encode_header(b"grpc-timeout", f.format_grpc_timeout(left))
         body = self.body
         conn.send_headers(up, block, self.request_done and not body)
@@ -219,20 +256,62 @@ class RelayCall:
             self.replayable = False
             self.body = []
 
+    # ---- timers ---------------------------------------------------------------------
+
+    def arm(self) -> None:
+        """(Re-)arm the call's one timer for the deadline or the stream timer, if earlier."""
+        due = self.deadline.at
+        if self.clock is not None:
+            due = min(due, self.clock.due())
+        if due == NO_DEADLINE:
+            return
+        if self.timer is None:
+            self.timer = self.r.timers.call_at(due, self.on_timer)
+        else:
+            self.r.timers.move(self.timer, due)
+
+    def on_timer(self) -> None:
+        self.timer = None
+        if self.finished:
+            return
+        now = self.r.loop.time()
+        if self.deadline.left(now) <= 0:
+            self.cancel_attempt("DEADLINE_EXCEEDED")
+            self.respond_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            return
+        verdict = self.clock.expired(now) if self.clock is not None else None
+        if verdict is None:
+            self.arm()  # traffic moved the stream timer on
+            return
+        what, limit = verdict
+        message = f"engine {self.endpoint_id} {what} {limit:g} s"
+        self.cancel_attempt(grpc.StatusCode.DEADLINE_EXCEEDED.name)
+        self.respond_error(grpc.StatusCode.DEADLINE_EXCEEDED, message)
+
+    def caller_sent(self) -> None:
+        clock = self.clock
+        if clock is not None:
+            spoke = clock.spoke
+            clock.caller_sent(self.r.loop.time())
+            if not spoke and not clock.answered:  # the first-response limit may be shorter
+                self.arm()
+
+    # ---- frames from either side ------------------------------------------------------
+
     def on_headers(self, stream: Stream, headers: list[Header], end: bool) -> None:
         if stream is self.client:
             self.on_request_trailers(headers, end)
         elif stream is self.up:
-            trailers_only = not self.answered
-            if not self.answered:
-                self.answered = True
-                if not end:
-                    if self.method in self.r.idempotent and self.request_done:
-                        self.held = headers  # until DATA or trailers: see the module doc
-                        return
+            if self.phase is Phase.SENT:
+                if end:  # trailers-only: the engine's status, no answer sent
+                    self.on_trailers(headers, trailers_only=True)
+                elif self.method in self.r.idempotent and self.request_done:
+                    self.held = headers  # until DATA or trailers: see the module doc
+                    self.phase = Phase.HELD
+                else:
                     self.send_response_headers(headers)
-                    return
-            self.on_trailers(headers, trailers_only)
+                return
+            self.on_trailers(headers)
 
     def on_request_trailers(self, headers: list[Header], end: bool) -> None:
         if self.finished:
@@ -243,15 +322,14 @@ class RelayCall:
             self.client.conn.reset(self.client, f.PROTOCOL_ERROR)
             self.finish()
             return
-        self.request_done = self.request_done or end
-        if end and self.watchdog is not None:
-            self.watchdog.caller_sent()
+        self.request_done = True
+        self.caller_sent()
         if self.up is not None:
             self.up.conn.send_headers(self.up, f.encode_headers(headers), end)
 
     def send_response_headers(self, headers: list[Header]) -> None:
-        self.held = None
-        self.responded = True
+        self.held = []
+        self.phase = Phase.RESPONDING
         self.replayable = False
         self.body = []
         self.client.conn.send_headers(self.client, f.encode_headers(headers), False)
@@ -261,13 +339,13 @@ class RelayCall:
             self.on_request_data(data, end)
         elif stream is self.up:
             self.resp_received += len(data)
-            if self.watchdog is not None and data:
-                self.watchdog.engine_sent()
+            if self.clock is not None and data:
+                self.clock.engine_sent(self.r.loop.time())
             too_long = self.response_meter.feed(data)
             if too_long is not None:
                 self.message_too_long("response", too_long)
                 return
-            if self.held is not None:
+            if self.phase is Phase.HELD:
                 self.send_response_headers(self.held)
             self.client.conn.send_data(self.client, data, end)
 
@@ -278,8 +356,8 @@ class RelayCall:
             self.credited += len(data)
             return
         self.request_done = self.request_done or end
-        if self.watchdog is not None and (data or end):
-            self.watchdog.caller_sent()
+        if data or end:
+            self.caller_sent()
         too_long = self.request_meter.feed(data)
         if too_long is not None:
             self.message_too_long("request", too_long)
@@ -310,9 +388,10 @@ class RelayCall:
             self.finish()
         elif stream is self.up and not self.finished:
             self.up = None
-            if not self.answered and unprocessed:
-                self.attempt_failed(None, "the engine refused the stream")
-            elif not self.answered and code in (CONNECTION_LOST, f.CANCEL):
+            unanswered = self.phase is Phase.SENT
+            if unanswered and unprocessed:
+                self.attempt_failed(Failure.REFUSED, "the engine refused the stream")
+            elif unanswered and code in (CONNECTION_LOST, f.CANCEL):
                 # Lost, or cancelled by an engine shutting down, before it answered.
                 self.attempt_failed(Failure.RESET, "connection to the engine reset")
             elif code == CONNECTION_LOST:
@@ -325,6 +404,8 @@ class RelayCall:
                 self.end_attempt()
                 self.client.conn.reset(self.client, code)
                 self.finish()
+
+    # ---- outcomes ---------------------------------------------------------------------
 
     @property
     def endpoint_id(self) -> str:
@@ -344,9 +425,9 @@ class RelayCall:
         elif self.retry_after(failure, code, self.replayable and self.request_done):
             return
         client = self.client
-        if self.held is not None:
+        if self.phase is Phase.HELD:
             self.send_response_headers(self.held)
-        self.responded = True
+        self.phase = Phase.RESPONDING
         client.conn.send_headers(client, f.encode_headers(headers), True)
         self.cancel_attempt(None)  # RST only if we were still sending: the engine is done
         if not client.remote_done:
@@ -358,8 +439,8 @@ class RelayCall:
         attempt was started (never once the caller has seen any of the answer)."""
         endpoint = self.endpoint
         assert endpoint is not None
-        left = self.deadline - self.loop.time()
-        replayable = replayable and not self.responded
+        left = self.deadline.left(self.r.loop.time())
+        replayable = replayable and self.phase in _ATTEMPTING
         if not self.r.forwarder.after_failure(
             self.method, self.alias, endpoint, failure, code, self.attempts, left, replayable
         ):
@@ -369,19 +450,11 @@ class RelayCall:
         self.attempt()
         return True
 
-    def attempt_failed(self, failure: Failure | None, message: str) -> None:
-        """No answer from the engine (`failure` None: the engine never saw the stream)."""
+    def attempt_failed(self, failure: Failure, message: str) -> None:
+        """No answer from the engine: not connected, reset, or refused unprocessed."""
         code = grpc.StatusCode.UNAVAILABLE
         self.count(code.name)
-        if failure is None:
-            policy = self.r.forwarder.policy
-            if self.replayable and self.attempts < policy.max_attempts:
-                self.r.metrics.retried(self.alias, "refused")
-                self.cancel_attempt(None)
-                self.exclude = self.exclude | {self.endpoint_id}
-                self.attempt()
-                return
-        elif self.retry_after(failure, code, self.replayable):
+        if self.retry_after(failure, code, self.replayable):
             return
         self.cancel_attempt(None)
         self.respond_error(code, message)
@@ -397,26 +470,12 @@ class RelayCall:
         self.cancel_attempt(grpc.StatusCode.RESOURCE_EXHAUSTED.name)
         self.respond_error(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
-    def on_watchdog(self, what: str, limit: float) -> None:
-        """A stream timer ran out (see `router.streams`): cancel upstream, fail the call."""
-        self.watchdog = None
-        if not self.finished:
-            message = f"engine {self.endpoint_id} {what} {limit:g} s"
-            self.cancel_attempt(grpc.StatusCode.DEADLINE_EXCEEDED.name)
-            self.respond_error(grpc.StatusCode.DEADLINE_EXCEEDED, message)
-
-    def on_deadline(self) -> None:
-        self.timer = None
-        if not self.finished:
-            self.cancel_attempt("DEADLINE_EXCEEDED")
-            self.respond_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
-
     def respond_error(self, code: grpc.StatusCode, message: str) -> None:
         """End the call for the client with `code` (trailers-only if nothing was sent yet)."""
         client = self.client
         if not self.finished and client.conn.streams.get(client.id) is client:
-            client.conn.send_headers(client, status_block(code, message, not self.responded), True)
-            self.responded = True
+            trailers_only = self.phase is not Phase.RESPONDING
+            client.conn.send_headers(client, status_block(code, message, trailers_only), True)
             if not client.remote_done:
                 client.conn.reset(client, f.NO_ERROR)
         self.finish()
@@ -426,7 +485,7 @@ class RelayCall:
         up = self.up
         if up is not None:
             up.conn.reset(up, f.CANCEL)
-        if self.active and counted_as is not None:
+        if self.in_flight is not None and counted_as is not None:
             self.count(counted_as)
         self.end_attempt()
 
@@ -435,23 +494,20 @@ class RelayCall:
         if up is not None and self.resp_received > self.resp_credited:
             up.conn.credit(up, self.resp_received - self.resp_credited)  # dropped, not relayed
         self.resp_received = self.resp_credited = 0
-        if self.active and self.endpoint is not None:
-            self.active = False
-            self.r.table.in_flight[self.endpoint.id] -= 1
+        if self.in_flight is not None:
+            self.r.table.in_flight[self.in_flight] -= 1
+            self.in_flight = None
 
     def finish(self) -> None:
         if self.finished:
             return
-        self.finished = True
+        self.phase = Phase.DONE
         self.end_attempt()
         if self.method:
             self.r.metrics.called(self.method, time.monotonic() - self.began)
         if self.timer is not None:
-            self.timer.cancel()
+            self.r.timers.cancel(self.timer)
             self.timer = None
-        if self.watchdog is not None:
-            self.watchdog.stop()
-            self.watchdog = None
         self.body = []
         if self.received > self.credited:  # received, never relayed: reopen the connection
             self.client.conn.credit(self.client, self.received - self.credited)

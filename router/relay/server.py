@@ -108,15 +108,12 @@ class RelayServer:
         """Close connections past the handshake or the idle timeout (see `RelayLimits`)."""
         limits = self.limits
         for conn in list(self.connections):
-            if conn.streams:
-                conn.idle_since = now
-            elif not conn.handshaken:
-                if now - conn.made_at >= limits.handshake_timeout_s:
-                    self.relay.refused("handshake_timeout")
-                    limit = limits.handshake_timeout_s
-                    conn.abort(f"no HTTP/2 preface and SETTINGS in {limit:g} s")
-            elif now - conn.idle_since >= limits.idle_timeout_s:
-                self.relay.refused("idle_timeout")
+            reason = conn.core.timed_out(now)
+            if reason == "handshake_timeout":
+                self.relay.refused(reason)
+                conn.abort(f"no HTTP/2 preface and SETTINGS in {limits.handshake_timeout_s:g} s")
+            elif reason == "idle_timeout":
+                self.relay.refused(reason)
                 conn.fail(f.NO_ERROR, f"idle for {limits.idle_timeout_s:g} s")
 
     def _closed(self, conn: Connection) -> None:

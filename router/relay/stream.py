@@ -1,10 +1,10 @@
-"""One HTTP/2 stream's state, the handler a relayed call implements, and output batching.
+"""A stream as the relay's handlers see it, the handler a relayed call implements, output batching.
 
-Kept apart from `connection` so the per-stream types read on their own: a
-stream is a pair of flow-control windows, a queue of what waits for window,
-and the `StreamHandler` (a relayed call) that its frames go to. Why the
-`StreamConnection` protocol: this module names only what a stream needs of its
-connection, so it imports nothing of `connection` (which imports it).
+`Stream` is the sans-IO core's `H2Stream` plus the two things a handler needs:
+the connection to act on and the handler its events go to. Why the
+`StreamConnection` protocol: this module names only what a handler uses of a
+connection, so it imports nothing of `connection` (which imports it) and no
+import cycle runs between the two.
 """
 
 from __future__ import annotations
@@ -13,18 +13,20 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
-from router.relay.frames import Header, PeerSettings, RecvWindow, SendWindow, Settings
+from router.relay.frames import Header, PeerSettings, Settings
+from router.relay.h2core import CONNECTION_LOST, H2Stream
 
-CONNECTION_LOST = -1
-"""`on_reset` code when the whole connection went away."""
+__all__ = ["CONNECTION_LOST", "Flusher", "Stream", "StreamConnection", "StreamHandler"]
 
 
 class StreamConnection(Protocol):
-    """What a stream and its handler use of the HTTP/2 connection it lives on."""
+    """What a stream's handler uses of the HTTP/2 connection it lives on."""
 
     peer: PeerSettings
     settings: Settings
-    streams: dict[int, Stream]
+
+    @property
+    def streams(self) -> dict[int, Stream]: ...
 
     def send_headers(self, stream: Stream, block: bytes, end: bool) -> None: ...
 
@@ -70,19 +72,15 @@ class _Unclaimed:
 UNCLAIMED = _Unclaimed()
 
 
-class Stream:
-    __slots__ = ("conn", "handler", "id", "local_done", "queue", "recv", "remote_done", "send")
+class Stream(H2Stream):
+    __slots__ = ("conn", "handler")
 
-    def __init__(self, conn: StreamConnection, stream_id: int) -> None:
+    def __init__(
+        self, conn: StreamConnection, stream_id: int, send_window: int, recv_window: int
+    ) -> None:
+        super().__init__(stream_id, send_window, recv_window)
         self.conn = conn
-        self.id = stream_id
         self.handler: StreamHandler = UNCLAIMED
-        self.send = SendWindow(conn.peer.initial_window)
-        self.recv = RecvWindow(conn.settings.stream_window)
-        self.queue: list[tuple[int, bytes, bool]] = []
-        """(frame type, payload, end) waiting for window, in order."""
-        self.local_done = False
-        self.remote_done = False
 
 
 class Flusher:

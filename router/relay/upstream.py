@@ -168,7 +168,8 @@ class UpstreamPool:
 
     def keep_alive(self, conn: Connection, now: float) -> None:
         """One keepalive step for `conn` (see the module doc)."""
-        action = self.keepalive.action(now, conn.last_received, conn.ping_sent, not conn.streams)
+        core = conn.core
+        action = self.keepalive.action(now, core.last_received, core.ping_sent, not core.streams)
         if action == "ping":
             conn.ping(now)
         elif action == "drop":

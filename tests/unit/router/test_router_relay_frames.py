@@ -20,12 +20,12 @@ from hypothesis import strategies as st
 
 from router.relay import frames as f
 from router.relay.connection import Connection, Flusher, Stream
-from router.relay.frames import ProtocolError, RecvWindow, SendWindow, Settings
+from router.relay.frames import ProtocolError, Settings
 from router.relay.grpcwire import MessageMeter, message
+from router.relay.h2core import RecvWindow, SendWindow
 from router.relay.health import CHECK, HealthCall
 from router.relay.upstream import Keepalive, UpstreamPool
-from router.relay.watchdog import FIRST_RESPONSE, IDLE, expired
-from router.streams import StreamTimeouts
+from router.timers import FIRST_RESPONSE, IDLE, StreamTimeouts, stream_expired
 
 # ---- frames ------------------------------------------------------------------
 
@@ -211,7 +211,7 @@ TIMERS = StreamTimeouts(first_response_s=2.0, idle_s=5.0)
 def test_stream_timer_that_runs_depends_on_who_spoke(
     spoke: bool, answered: bool, silence: float, verdict: tuple[str, float] | None
 ) -> None:
-    assert expired(100.0 + silence, 100.0, spoke, answered, TIMERS) == verdict
+    assert stream_expired(100.0 + silence, 100.0, spoke, answered, TIMERS) == verdict
 
 
 def test_keepalive_pings_only_idle_silent_connections_and_drops_one_without_ack() -> None:
@@ -359,7 +359,7 @@ async def test_long_header_block_is_split_into_continuations() -> None:
 async def test_keepalive_pings_an_idle_connection_and_drops_it_without_an_ack() -> None:
     pool = UpstreamPool(Flusher(), Settings(), Keepalive(interval_s=10.0, timeout_s=5.0))
     conn, transport = upstream()
-    conn.last_received = 100.0
+    conn.core.last_received = 100.0
     pool.keep_alive(conn, 110.0)
     conn.flush()
     (ping,) = transport.frames()
@@ -367,7 +367,7 @@ async def test_keepalive_pings_an_idle_connection_and_drops_it_without_an_ack() 
     conn.data_received(f.frame(f.PING, f.ACK, 0, f.KEEPALIVE_PING))
     pool.keep_alive(conn, 116.0)
     assert not transport.closed, "the ACK came back: the engine is there"
-    conn.last_received = 100.0
+    conn.core.last_received = 100.0
     pool.keep_alive(conn, 120.0)
     pool.keep_alive(conn, 125.0)
     assert transport.closed

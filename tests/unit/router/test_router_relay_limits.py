@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from router.relay import frames as f
 from router.relay.connection import Connection, Flusher, Stream
-from router.relay.frames import Header, RecvWindow, Settings
+from router.relay.frames import Header, Settings
 from router.relay.grpcwire import check_request, check_trailers
+from router.relay.h2core import RecvWindow
 from router.relay.limits import BURST_S, RateBudget, RelayLimits
 
 MiB = 1 << 20
@@ -227,7 +228,7 @@ async def test_the_first_frame_after_the_preface_must_be_settings() -> None:
     conn.connection_made(transport)
     conn.data_received(f.PREFACE + f.frame(f.PING, 0, 0, b"12345678"))
     assert goaway_code(transport.take()) == f.PROTOCOL_ERROR
-    assert not conn.handshaken
+    assert not conn.core.handshaken
 
 
 # ---- 6: validation -------------------------------------------------------------------

@@ -48,5 +48,15 @@ def test_never_retries_what_is_not_replayable_past_max_attempts_or_out_of_time(
         assert POLICY.retryable(UNARY, failure, code)
     assert decision.eject == POLICY.ejects(failure, code)  # ejection never depends on retrying
     assert decision.budgeted == (
-        decision.verdict is Verdict.RETRY and failure is not Failure.CONNECT
+        decision.verdict is Verdict.RETRY and failure not in (Failure.CONNECT, Failure.REFUSED)
     )
+
+
+def test_a_refused_stream_is_retried_unbudgeted_and_never_ejects() -> None:
+    for code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        decision = decide(POLICY, "/pkg.S/Other", Failure.REFUSED, code, 1, 1.0, True)
+        assert (decision.verdict, decision.eject, decision.budgeted) == (
+            Verdict.RETRY, False, False
+        )  # fmt: skip
+    assert decide(POLICY, UNARY, Failure.REFUSED, grpc.StatusCode.UNAVAILABLE, 3, 1.0,
+                  True).verdict is Verdict.GIVE_UP  # fmt: skip
