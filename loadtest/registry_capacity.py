@@ -17,7 +17,10 @@ import argparse
 import asyncio
 import math
 import os
+import shutil
+import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,32 +31,21 @@ import grpc
 import httpx
 import uvloop
 
-from loadtest._procs import (
-    BASE_PORT,
-    SERVICE,
-    Children,
-    CpuMeter,
-    GeneratorPool,
-    Samples,
-    channel_options,
-    command_line,
-    engine_id,
-    metric_sum,
-    percentile,
-    registry_argv,
-    render_table,
-    rss_bytes,
-    run_benchmark,
-    say,
-    scrape,
-    stop_signals,
-    write_json,
-)
+from loadtest.bench import run_benchmark, stop_signals
+from loadtest.capacity_report import histogram_quantile, median_steps, summary
+from loadtest.children import Children, registry_argv
+from loadtest.pinning import cpu_plan, pinned
+from loadtest.procfs import CpuMeter, rss_bytes
+from loadtest.registry_load import BASE_PORT, SERVICE, GeneratorPool, channel_options, engine_id
+from loadtest.report import command_line, percentile, say, write_json
+from loadtest.scrape import Samples, metric_sum, scrape
 from tidepool.registry.v1 import registry_pb2 as pb
 from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
 
 DEFAULT_STEPS = "250,500,1000,2000,3000,4000,5000,6000,7000,8000,10000"
 FANOUT_HISTOGRAM = "tidepool_registry_watch_fanout_seconds"
+GC_HISTOGRAM = "tidepool_registry_gc_pause_seconds"
+DEFAULT_STORE_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 FLIP_TIMEOUT_S = 5.0
 """A weight change not seen by a watcher within this long counts as lost."""
 
@@ -160,6 +152,10 @@ class Step:
     fanout_p99_ms: float | None = None
     fanout_max_ms: float | None = None
     server_fanout_p99_le_ms: float | None = None
+    gc_max_le_ms: float | None = None
+    gc_full_collections: int | None = None
+    watch_resyncs: int = 0
+    """Watchers that fell behind and were sent a whole snapshot again, in the window."""
     fanout_samples: int = 0
     fanout_lost: int = 0
     admin_p50_ms: float | None = None
@@ -172,6 +168,8 @@ class Step:
     settle_s: float = 0.0
     window_s: float = 0.0
     failed: list[str] = field(default_factory=list)
+    ramp_ok: bool = True
+    """False when the fleet never reached this size (nothing after it can be measured)."""
 
     def judge(self, args: argparse.Namespace) -> None:
         p99 = self.fanout_p99_ms
@@ -188,20 +186,6 @@ class Step:
 
 
 GENERATOR_BEHIND = "load generator fell behind (inconclusive)"
-
-
-def histogram_quantile(before: Samples, after: Samples, name: str, q: float) -> float | None:
-    """Bucket bound `le` of a histogram's q-quantile between two scrapes (None: empty)."""
-
-    def buckets(samples: Samples) -> dict[float, float]:
-        return {float(labels["le"]): v for labels, v in samples.get(name + "_bucket", [])}
-
-    start, end = buckets(before), buckets(after)
-    deltas = sorted((le, end[le] - start.get(le, 0.0)) for le in end)
-    total = deltas[-1][1] if deltas else 0.0
-    if total <= 0:
-        return None
-    return next(le for le, count in deltas if count >= q * total)
 
 
 def _ms(seconds: float) -> float | None:
@@ -318,7 +302,23 @@ class Bench:
         step.scrape_max_ms = self.scrape_max_s * 1000
         server_p99 = histogram_quantile(window.first, last, FANOUT_HISTOGRAM, 0.99)
         step.server_fanout_p99_le_ms = _ms(server_p99) if server_p99 is not None else None
+        self._gc(step, window.first, last)
+        resyncs = "tidepool_registry_watch_resyncs_total"
+        step.watch_resyncs = int(metric_sum(last, resyncs) - metric_sum(window.first, resyncs))
         self._fanout(step)
+
+    @staticmethod
+    def _gc(step: Step, first: Samples, last: Samples) -> None:
+        """The longest garbage-collection pause (bucket bound) and the full collections
+        in the window; None where the registry does not export them."""
+        if GC_HISTOGRAM + "_count" not in last:
+            return
+        longest = histogram_quantile(first, last, GC_HISTOGRAM, 1.0)
+        step.gc_max_le_ms = _ms(longest) if longest is not None else 0.0
+        full = metric_sum(last, GC_HISTOGRAM + "_count", generation="2")
+        step.gc_full_collections = int(
+            full - metric_sum(first, GC_HISTOGRAM + "_count", generation="2")
+        )
 
     def _fanout(self, step: Step) -> None:
         probe = self.probe
@@ -363,6 +363,20 @@ FLAGS: tuple[tuple[str, Any, Any, str], ...] = (
     ("--progress-seconds", float, 2.0, "seconds between progress lines (each scrapes /metrics)"),
     ("--time-limit", float, 600.0, "start no new step after this many seconds"),
     ("--seed", int, 1, "seed of the beat phases and load figures"),
+    ("--repeats", int, 1, "run the whole series this many times; the table shows medians"),
+    ("--registry-cpu", int, 0, "pin the registry to this CPU (taskset; -1: do not pin)"),
+    ("--generator-cpus", str, "rest",
+     "CPUs for this process and the load generators: 'rest' (all but --registry-cpu), "
+     "'all', or a list such as 1,2"),
+    ("--store-dir", str, DEFAULT_STORE_DIR,
+     "parent of the registry's data directory (tmpfs by default: registrations and admin "
+     "writes fsync, and a busy disk's fsync is not what this measures)"),
+    ("--registry-nice", int, 0,
+     "run the registry at this nice value (negative: ahead of other processes on its CPU; "
+     "needs root)"),
+    ("--registry-source", str, None,
+     "run the registry from this source tree, e.g. a git worktree of an older commit, for a "
+     "before/after table (None: this checkout)"),
     ("--log-dir", str, None, "keep the logs in this directory (None: a temp dir, removed)"),
     ("--json", str, None, "write the result as JSON to this path (None: do not)"),
 )  # fmt: skip
@@ -377,6 +391,11 @@ def parser() -> argparse.ArgumentParser:
     )
     for flag, kind, default, text in FLAGS:
         p.add_argument(flag, type=kind, default=default, help=text)
+    p.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="measure every step even after one failed (for before/after tables)",
+    )
     return p
 
 
@@ -392,6 +411,17 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     args.steps = [n for n in args.steps if n <= args.max_engines]
     if not args.steps:
         p.error("no step is within --max-engines")
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
+    if args.registry_source is not None:
+        args.registry_source = os.path.abspath(args.registry_source)
+        if not os.path.isdir(os.path.join(args.registry_source, "registry")):
+            p.error(f"--registry-source {args.registry_source} holds no registry/ package")
+    try:
+        plan = cpu_plan(args.registry_cpu, args.generator_cpus)
+        args.generator_cpu_list = None if plan is None else sorted(plan)
+    except ValueError as exc:
+        p.error(str(exc))
 
 
 # --- the run ---------------------------------------------------------------------------
@@ -416,7 +446,8 @@ async def _run_step(bench: Bench, n: int) -> Step:
     ramp_s = time.monotonic() - started
     if grown["failed"]:
         reason = f"{grown['failed']} engines failed to attach {grown['errors']}"
-        return Step(n, n / bench.args.heartbeat_interval, ramp_s=ramp_s, failed=[reason])
+        offered = n / bench.args.heartbeat_interval
+        return Step(n, offered, ramp_s=ramp_s, failed=[reason], ramp_ok=False)
     say(f"  {n} engines attached in {ramp_s:.1f}s; settling")
     settle_s = await bench.settle(n)
     step = await bench.measure(n, ramp_s, settle_s)
@@ -443,8 +474,11 @@ async def _steps(bench: Bench, admin: Any) -> tuple[list[Step], str]:
                 await bench.pool.grow(1, timeout_s=60.0)  # the probe engine must exist first
                 flipper = asyncio.create_task(bench.probe.flip_forever(admin, args.flip_interval))
             steps.append(await _run_step(bench, n))
-            if steps[-1].failed:
+            if steps[-1].failed and not (args.keep_going and steps[-1].ramp_ok):
                 return steps, f"step {n}: " + "; ".join(steps[-1].failed)
+        failed = [s.engines for s in steps if s.failed]
+        if failed:
+            return steps, f"every step measured (--keep-going); failed: {failed}"
         return steps, "every step was healthy (capacity not reached)"
     finally:
         if flipper is not None:
@@ -453,17 +487,36 @@ async def _steps(bench: Bench, admin: Any) -> tuple[list[Step], str]:
 
 
 def _capacity(steps: list[Step]) -> tuple[int | None, str]:
-    healthy = [s.engines for s in steps if not s.failed]
+    """The largest step before the first failed one, and what limited it."""
+    first_failed = next((s for s in steps if s.failed), None)
+    healthy = [s.engines for s in steps if first_failed is None or s.engines < first_failed.engines]
     capacity = max(healthy) if healthy else None
-    if not steps or not steps[-1].failed:
+    if first_failed is None:
         return capacity, "not reached"
-    if steps[-1].failed == [GENERATOR_BEHIND]:
+    if first_failed.failed == [GENERATOR_BEHIND]:
         return capacity, "load generator"
     return capacity, "registry"
 
 
 async def _bench(args: argparse.Namespace, children: Children, work: Path) -> dict[str, Any]:
-    registry = await children.start("registry", registry_argv(work / "data", registry_flags(args)))
+    data = Path(tempfile.mkdtemp(prefix="tidepool-capacity-", dir=args.store_dir))
+    try:
+        return await _bench_on(args, children, data)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+async def _bench_on(args: argparse.Namespace, children: Children, data: Path) -> dict[str, Any]:
+    argv = registry_argv(data, registry_flags(args))
+    if args.registry_source:
+        # `python -m` imports from its working directory first: run the registry there.
+        argv = ["env", "--chdir", args.registry_source, *argv]
+    if args.registry_nice:
+        # On a shared machine others' processes also run on the registry's CPU; a
+        # higher priority gives it that CPU when it needs it, as a dedicated one would.
+        argv = ["nice", "-n", str(args.registry_nice), *argv]
+    argv = pinned(argv, args.registry_cpu)
+    registry = await children.start("registry", argv)
     grpc_address, http_address = registry.fields["grpc"], registry.fields["http"]
     say(f"registry pid {registry.pid} grpc={grpc_address} http={http_address}")
     pool = GeneratorPool(grpc_address, args)
@@ -488,6 +541,7 @@ async def _bench(args: argparse.Namespace, children: Children, work: Path) -> di
             watcher.cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
         await pool.close()
+        await registry.stop()
     capacity, limited_by = _capacity(steps)
     return {
         "steps": [asdict(s) for s in steps],
@@ -500,64 +554,35 @@ async def _bench(args: argparse.Namespace, children: Children, work: Path) -> di
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     async def body(args: argparse.Namespace, children: Children, work: Path) -> dict[str, Any]:
-        return {"registry_flags": registry_flags(args), **await _bench(args, children, work)}
+        runs = []
+        for repeat in range(args.repeats):
+            if args.repeats > 1:
+                say(f"--- repeat {repeat + 1} of {args.repeats} (a fresh registry) ---")
+            runs.append(await _bench(args, children, work / f"run-{repeat}"))
+        result = {"registry_flags": registry_flags(args), **runs[0]}
+        if args.repeats > 1:
+            result["runs"] = runs
+            result["steps"] = median_steps([r["steps"] for r in runs])
+            result["capacity_engines"] = statistics.median_low(
+                [r["capacity_engines"] or 0 for r in runs]
+            )
+        result["pinning"] = {
+            "registry_cpu": args.registry_cpu,
+            "generator_cpus": args.generator_cpu_list or sorted(os.sched_getaffinity(0)),
+            "registry_nice": args.registry_nice,
+        }
+        return result
 
     return await run_benchmark("registry_capacity", args, body)
-
-
-# --- the report ------------------------------------------------------------------------
-
-COLUMNS = (
-    ("engines", "engines"), ("offered/s", "offered_hz"), ("sent/s", "sent_hz"),
-    ("processed/s", "processed_hz"), ("ratio", "processed_ratio"),
-    ("reg cpu%", "registry_cpu_pct"), ("reg MB", "registry_rss_mb"),
-    ("gen cpu%", "generator_cpu_pct"), ("bench cpu%", "bench_cpu_pct"),
-    ("box cpu%", "machine_cpu_pct"), ("fan p50 ms", "fanout_p50_ms"),
-    ("fan p99 ms", "fanout_p99_ms"), ("srv p99<=", "server_fanout_p99_le_ms"),
-    ("fan n", "fanout_samples"), ("lost", "fanout_lost"), ("admin ms", "admin_p50_ms"),
-    ("unhealthy", "unhealthy"), ("scrape ms", "scrape_max_ms"), ("ramp s", "ramp_s"),
-)  # fmt: skip
-
-
-def _row(step: dict[str, Any]) -> list[object]:
-    cells: list[object] = [math.nan if step[key] is None else step[key] for _, key in COLUMNS]
-    return [*cells, "ok" if not step["failed"] else "FAIL"]
-
-
-def summary(result: dict[str, Any]) -> str:
-    s = result["settings"]
-    table = render_table([h for h, _ in COLUMNS] + ["verdict"], [_row(x) for x in result["steps"]])
-    lines = [
-        "",
-        "registry capacity",
-        f"command: {result['command']}",
-        f"registry: heartbeat interval {s['heartbeat_interval']:g}s, ttl {s['ttl']:g}s; "
-        f"{s['watchers']} watchers; {s['procs']} generator processes x {s['channels']} "
-        f"connections; {s['step_seconds']:g}s window per step",
-        f"machine: {result['cpu_count']} CPUs; load average at start {result['loadavg_start']}, "
-        f"at end {result['loadavg_end']}",
-        "",
-        table,
-        "",
-        *(
-            f"step {step['engines']} failed: {'; '.join(step['failed'])}"
-            for step in result["steps"]
-            if step["failed"]
-        ),
-    ]
-    capacity, bound = result["capacity_engines"], result["capacity_limited_by"]
-    shown = "none (the first step failed)" if capacity is None else f"{capacity} engines"
-    if bound == "not reached":
-        shown = f"at least {capacity} engines (no step failed)"
-    lines.append(f"capacity: {shown}; limited by: {bound}")
-    lines.append(f"stopped: {result['stop_reason']} (run took {result['duration_s']}s)")
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     check_args(p, args)
+    if args.generator_cpu_list is not None:
+        # Before grpc or the generators start a thread: they all inherit it.
+        os.sched_setaffinity(0, args.generator_cpu_list)
     say(f"command: {command_line()}")
     try:
         result = uvloop.run(run(args))

@@ -50,20 +50,24 @@ def load_from_pb(load: pb.Load) -> LoadFigures:
     LOAD_PER_SLOT_MAX times the slots (one slot when none is reported), so one engine's
     uint32 garbage cannot dominate pool totals, scheduler decisions or `ctl top`.
     """
+    return load_into(LoadFigures(), load)
+
+
+def load_into(figures: LoadFigures, load: pb.Load) -> LoadFigures:
+    """`load_from_pb`, rewriting `figures` in place (a heartbeat allocates nothing)."""
     gpu = load.gpu
     slots = min(load.slots, CAPACITY_MAX)
     bound = LOAD_PER_SLOT_MAX * max(slots, 1)
-    return LoadFigures(
-        in_flight=min(load.in_flight, bound),
-        queued=min(load.queued, bound),
-        slots=slots,
-        progress=load.progress,
-        gpu_present=gpu.present,
-        gpu_name=gpu.name[:128],
-        gpu_utilization_percent=min(gpu.utilization_percent, 100),
-        gpu_memory_used_bytes=gpu.memory_used_bytes,
-        gpu_memory_total_bytes=gpu.memory_total_bytes,
-    )
+    figures.in_flight = min(load.in_flight, bound)
+    figures.queued = min(load.queued, bound)
+    figures.slots = slots
+    figures.progress = load.progress
+    figures.gpu_present = gpu.present
+    figures.gpu_name = gpu.name[:128]
+    figures.gpu_utilization_percent = min(gpu.utilization_percent, 100)
+    figures.gpu_memory_used_bytes = gpu.memory_used_bytes
+    figures.gpu_memory_total_bytes = gpu.memory_total_bytes
+    return figures
 
 
 def load_to_pb(load: LoadFigures) -> pb.Load:

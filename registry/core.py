@@ -7,6 +7,7 @@ to the catalog, so a failed write changes nothing. Heartbeats touch memory only.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -15,8 +16,9 @@ from ipaddress import IPv4Address, IPv6Address
 
 from registry import ownership
 from registry.address import AddressPolicy, canonical_address, check_claim, parse_address
-from registry.catalog import Catalog, EngineReport, EngineStatus, InstanceView, LoadFigures
-from registry.errors import FailedPreconditionError, NotFoundError, RateLimitedError
+from registry.catalog import Catalog, EngineStatus, InstanceView
+from registry.convert import load_into
+from registry.errors import FailedPreconditionError, RateLimitedError
 from registry.fencing import PRESENTED_FENCE
 from registry.leadership import LeadershipTable
 from registry.lease import LeaseTable
@@ -36,6 +38,13 @@ from registry.watch import WatchHub
 from tidepool.registry.v1 import registry_pb2 as pb
 
 DIRECTIVE_QUEUE = 64
+IDLE_STREAM_TTLS = 2.0
+"""A heartbeat stream silent for this many TTLs is closed: its lease lapsed long ago."""
+IDLE_CLOSE_MAX_SHARE = 0.1
+"""...unless more than this share of the streams (of IDLE_CLOSE_MIN_STREAMS or more) is
+silent at once: that is the registry falling behind its reads (or cut off), not engines
+dying one by one, and closing them all would turn an overload into a mass disconnect."""
+IDLE_CLOSE_MIN_STREAMS = 20
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,10 @@ class Attachment:
         default_factory=lambda: asyncio.Queue(DIRECTIVE_QUEUE)
     )
     superseded: asyncio.Event = field(default_factory=asyncio.Event)
+    last_beat_at: float = 0.0
+    """When the stream last carried a heartbeat (the sweep's idle check reads it)."""
+    idle: bool = False
+    """Set (with `superseded`) when the stream stayed silent for IDLE_STREAM_TTLS."""
 
 
 @dataclass
@@ -90,6 +103,7 @@ class RegistryCore:
     retired: dict[str, RetiredOverrides] = field(default_factory=dict)
     """Decisions on ids that deregistered gracefully, by id (wall-clock `retired_at`)."""
     forget_after_s: float = 300.0
+    housekept_at: float = -math.inf
 
     @property
     def leases(self) -> LeaseTable:
@@ -216,23 +230,26 @@ class RegistryCore:
         previous = self.attachments.get(instance_id)
         if previous is not None:
             previous.superseded.set()
-        attachment = Attachment(instance_id)
+        attachment = Attachment(instance_id, last_beat_at=self.clock())
         self.attachments[instance_id] = attachment
         self.leases.attach(instance_id, self.clock())
         self._touch(instance_id)
         self.metrics.attached.set(len(self.attachments))
         return attachment
 
-    def heartbeat(self, instance_id: str, status: EngineStatus, load: LoadFigures) -> None:
-        if instance_id not in self.catalog.records:
-            raise NotFoundError("instance", instance_id)
+    def heartbeat(self, instance_id: str, status: EngineStatus, load: pb.Load) -> None:
+        """The hot path (10,000 a second at fleet scale): the instance's report is
+        rewritten in place, and most beats change nothing a router sees, so no view
+        is rebuilt and nothing is published."""
+        report = self.catalog.live_report(instance_id)  # NotFoundError once it is gone
         self.metrics.heartbeats.inc()
-        status_changed = self.catalog.last_report(instance_id).status is not status
-        self.catalog.report(instance_id, EngineReport(status, load, self.wall()))
+        status_changed = report.status is not status
+        report.status = status
+        report.heartbeat_wall = self.wall()
+        figures = load_into(report.load, load)
         liveness_changed = self.leases.heartbeat(
-            instance_id, self.clock(), load.in_flight, load.progress
+            instance_id, self.clock(), figures.in_flight, figures.progress
         )
-        # The hot path: most beats change nothing a router sees, so skip the view rebuild.
         if status_changed or liveness_changed:
             self._touch(instance_id)
 
@@ -279,9 +296,14 @@ class RegistryCore:
     # --- liveness sweep --------------------------------------------------------------
 
     async def sweep(self) -> None:
-        """Expire lapsed leases, flag stalls, forget the long dead."""
+        """Expire lapsed leases; every housekeeping interval also flag stalls, close idle
+        streams and forget the long dead."""
         now = self.clock()
-        result = self.leases.sweep(now)
+        housekeeping = now - self.housekept_at >= self.leases.config.housekeeping_interval_s
+        if housekeeping:
+            self.housekept_at = now
+            self._close_idle_streams(now)
+        result = self.leases.sweep(now, housekeeping=housekeeping)
         self.metrics.self_preservation.set(1 if result.self_preservation else 0)
         for instance_id in result.changed:
             lease = self.leases.leases.get(instance_id)
@@ -296,6 +318,33 @@ class RegistryCore:
                 await self.store.delete_instance(instance_id)
                 self._publish(self.catalog.remove(instance_id, self.clock()))
         await self._forget_retired()
+
+    def _close_idle_streams(self, now: float) -> None:
+        """One coarse check over every stream instead of a timer per beat per stream.
+
+        Silence is not a break: the stream ends as if superseded and the lease decides.
+        Only streams whose lease has expired are closed, and none while self-preservation
+        holds or when many are silent at once (IDLE_CLOSE_MAX_SHARE): a registry too
+        busy to read its streams, or cut off, sees them fall silent together. Closing
+        a stream only frees its resources; the lease alone decides routing.
+        """
+        if self.leases.self_preservation:
+            return
+        idle_before = now - IDLE_STREAM_TTLS * self.leases.config.ttl_s
+        leases = self.leases.leases
+        idle = [
+            attachment
+            for instance_id, attachment in self.attachments.items()
+            if attachment.last_beat_at <= idle_before
+            and not attachment.idle
+            and not (instance_id in leases and leases[instance_id].healthy)
+        ]
+        streams = len(self.attachments)
+        if streams >= IDLE_CLOSE_MIN_STREAMS and len(idle) > IDLE_CLOSE_MAX_SHARE * streams:
+            return
+        for attachment in idle:
+            attachment.idle = True
+            attachment.superseded.set()
 
     async def _forget_retired(self) -> None:
         now = self.wall()

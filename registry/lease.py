@@ -26,6 +26,13 @@ class LeaseConfig:
     """The first hold; each further one in a row doubles, up to `flap_hold_max_s`."""
     flap_hold_max_s: float = 300.0
 
+    @property
+    def housekeeping_interval_s(self) -> float:
+        """How often a sweep also looks for stalls, ended holds and leases to forget
+        (lapses are looked for at every sweep): a tenth of the shortest of those
+        periods, at most a second. Stalls are flagged at most this late."""
+        return min(1.0, self.stall_after_s / 10, self.flap_hold_s / 10)
+
 
 @dataclass
 class Lease:
@@ -125,44 +132,70 @@ class LeaseTable:
     def remove(self, instance_id: str) -> None:
         self.leases.pop(instance_id, None)
 
-    def sweep(self, now: float) -> SweepResult:
-        """Expire lapsed leases (unless self-preservation holds), flag stalls, list the reaped."""
+    def sweep(self, now: float, *, housekeeping: bool = True) -> SweepResult:
+        """Expire lapsed leases (unless self-preservation holds), flag stalls, list the reaped.
+
+        It runs ten times a second over 10,000 leases, so it is one pass over the
+        table, and without `housekeeping` (stalls, holds, forgetting) a pass that
+        only compares deadlines; the self-preservation count takes a second pass
+        only when something lapsed.
+        """
         changed: list[str] = []
-        for instance_id, lease in self.leases.items():
-            if lease.healthy and lease.stalled != self._is_stalled(lease, now):
-                lease.stalled = not lease.stalled
-                changed.append(instance_id)
-            if self._release(lease, now):
-                changed.append(instance_id)
-        lapsed = [i for i, lease in self.leases.items() if lease.healthy and lease.deadline <= now]
+        forget: list[str] = []
+        if housekeeping:
+            lapsed = self._housekeep(now, changed, forget)
+        else:
+            lapsed = [
+                i for i, lease in self.leases.items() if lease.healthy and lease.deadline <= now
+            ]
         self._forget_old_expiries(now)
-        # Engines beat at least twice per TTL, so one silent for over half a TTL has
-        # missed a beat: counting those too catches a partition at its first lapse.
-        # Only leases heard from since this start count: instances restored from the
-        # store that never re-attach must expire after the grace, not hold each other up.
-        silent = sum(
-            1
-            for lease in self.leases.values()
-            if lease.healthy and not lease.restored and lease.deadline - now < self.config.ttl_s / 2
-        )
-        self.self_preservation = bool(lapsed) and self._suspect_own_network(silent)
+        self.self_preservation = bool(lapsed) and self._suspect_own_network(now)
         if not self.self_preservation:
             for instance_id in lapsed:
                 self._expire(self.leases[instance_id], now)
                 self._silent_expiries.append(now)
                 if instance_id not in changed:
                     changed.append(instance_id)
-        forget = tuple(
-            i
-            for i, lease in self.leases.items()
-            if lease.unhealthy_since is not None
-            and now - lease.unhealthy_since >= self.config.forget_after_s
-        )
-        return SweepResult(tuple(changed), forget, self.self_preservation)
+        return SweepResult(tuple(changed), tuple(forget), self.self_preservation)
 
-    def _suspect_own_network(self, silent: int) -> bool:
-        """Eureka's rule: many silent lapses at once mean we, not the fleet, lost the network."""
-        total = sum(1 for lease in self.leases.values() if not lease.restored)
+    def _housekeep(self, now: float, changed: list[str], forget: list[str]) -> list[str]:
+        """The full pass: flag stalls and ended holds into `changed`, the long dead into
+        `forget`; returns the lapsed."""
+        lapsed: list[str] = []
+        config = self.config
+        for instance_id, lease in self.leases.items():
+            if lease.healthy:
+                stalled = lease.in_flight > 0 and now - lease.progress_at >= config.stall_after_s
+                if stalled is not lease.stalled:
+                    lease.stalled = stalled
+                    changed.append(instance_id)
+                if lease.deadline <= now:
+                    lapsed.append(instance_id)
+            elif (
+                lease.unhealthy_since is not None
+                and now - lease.unhealthy_since >= config.forget_after_s
+            ):
+                forget.append(instance_id)
+            if (lease.held_until is not None or lease.holds) and self._release(lease, now):
+                changed.append(instance_id)
+        return lapsed
+
+    def _suspect_own_network(self, now: float) -> bool:
+        """Eureka's rule: many silent lapses at once mean we, not the fleet, lost the network.
+
+        Engines beat at least twice per TTL, so one silent for over half a TTL has
+        missed a beat: counting those too catches a partition at its first lapse.
+        Only leases heard from since this start count: instances restored from the
+        store that never re-attach must expire after the grace, not hold each other up.
+        """
+        total = silent = 0
+        half_ttl = self.config.ttl_s / 2
+        for lease in self.leases.values():
+            if lease.restored:
+                continue
+            total += 1
+            if lease.healthy and lease.deadline - now < half_ttl:
+                silent += 1
         if total < self.config.self_preservation_min_instances:
             return False
         silent_share = (silent + len(self._silent_expiries)) / total

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -9,16 +10,20 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from registry.catalog import InstanceView, State
+from registry.catalog import State
 
 FANOUT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class _InstanceCollector(Collector):
-    """Counts instances by state and tier at scrape time, so no gauge can drift."""
+    """Counts instances by state and tier at scrape time, so no gauge can drift.
 
-    def __init__(self, views: Callable[[], list[InstanceView]]) -> None:
-        self._views = views
+    It reads the catalog's tally of published states rather than building a view
+    per instance: at 10,000 instances that took ~250 ms of the event loop per scrape.
+    """
+
+    def __init__(self, counts: Callable[[], collections.Counter[tuple[State, str]]]) -> None:
+        self._counts = counts
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
@@ -26,10 +31,7 @@ class _InstanceCollector(Collector):
             "Registered instances by state and tier.",
             labels=["state", "tier"],
         )
-        counts: dict[tuple[str, str], int] = {}
-        for view in self._views():
-            key = (view.state.value, view.labels.get("tier", "unknown"))
-            counts[key] = counts.get(key, 0) + 1
+        counts = {(state.value, tier): n for (state, tier), n in self._counts().items()}
         for state in State:
             for tier in ("idc", "cvm", "serverless"):
                 counts.setdefault((state.value, tier), 0)
@@ -77,7 +79,7 @@ class RegistryMetrics:
         )
         self.fanout = Histogram(
             "tidepool_registry_watch_fanout_seconds",
-            "Time from a catalog change to its event being handed to a watcher stream.",
+            "Time from a catalog change to its event being written to a watcher stream.",
             buckets=FANOUT_BUCKETS,
             registry=r,
         )
@@ -86,9 +88,17 @@ class RegistryMetrics:
             "1 while many silent lapses at once hold expiry back (suspected registry partition).",
             registry=r,
         )
+        self.gc_pause = Histogram(
+            "tidepool_registry_gc_pause_seconds",
+            "Garbage-collection pauses of the registry process, by generation (0, 1, 2).",
+            ["generation"],
+            buckets=FANOUT_BUCKETS,
+            registry=r,
+        )
         self.attached = Gauge(
             "tidepool_registry_heartbeat_streams", "Open heartbeat streams.", registry=r
         )
 
-    def track_instances(self, views: Callable[[], list[InstanceView]]) -> None:
-        self.registry.register(_InstanceCollector(views))
+    def track_instances(self, counts: Callable[[], collections.Counter[tuple[State, str]]]) -> None:
+        """Export instance counts from `counts` (the catalog's `state_counts`)."""
+        self.registry.register(_InstanceCollector(counts))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from types import MappingProxyType
 
 
@@ -35,16 +36,20 @@ class InstanceRecord:
     """SHA-256 of the secret Register gave the engine that owns this id ("" for records
     written before ownership existed: the next registration claims them)."""
 
-    @property
-    def labels(self) -> dict[str, str]:
-        """Engine labels with overrides applied: what selectors match against."""
+    @cached_property
+    def labels(self) -> Mapping[str, str]:
+        """Engine labels with overrides applied: what selectors match against.
+
+        Worked out once per record (records are immutable): views, selectors and
+        metrics read it for every instance, many times a second at fleet scale.
+        """
         merged = dict(self.engine_labels)
         for key, value in self.label_overrides.items():
             if value is None:
                 merged.pop(key, None)
             else:
                 merged[key] = value
-        return merged
+        return MappingProxyType(merged)
 
     @property
     def configured_weight(self) -> int:

@@ -25,7 +25,6 @@ from registry.convert import (
     alias_to_pb,
     instance_to_pb,
     leadership_to_pb,
-    load_from_pb,
     move_request_from_pb,
     move_to_pb,
     tenant_to_pb,
@@ -36,7 +35,7 @@ from registry.fencing import PRESENTED_FENCE, read_fence
 from registry.ratelimit import KeyedRateLimiter
 from registry.scheduling import SchedulingOps
 from registry.validation import validate_instance_id, validate_lang, validate_name
-from registry.watch import WatchTarget
+from registry.watch import DEFAULT_MAX_CHUNK_BYTES, WatchTarget, fit_pages
 from tidepool.registry.v1 import registry_pb2 as pb
 from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
 
@@ -47,6 +46,13 @@ DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 5000
 BEAT_HEADROOM = 4.0
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def _page_size(requested: int) -> int:
+    """A listing's page size: 0 means the default; above the cap is refused."""
+    if requested > MAX_PAGE_SIZE:
+        raise InvalidArgumentError("page_size", f"must be at most {MAX_PAGE_SIZE}")
+    return requested or DEFAULT_PAGE_SIZE
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, metrics: Any) -> None:
@@ -95,8 +101,10 @@ class RegistryServicer(_Base, pb_grpc.RegistryServicer):
         first_message_timeout_s: float,
         heartbeat_interval_s: float,
         ttl_s: float,
+        max_page_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
     ) -> None:
         super().__init__(core, auth)
+        self.max_page_bytes = max_page_bytes
         self.first_message_timeout_s = first_message_timeout_s
         self.heartbeat_interval_s = heartbeat_interval_s
         self.ttl_s = ttl_s
@@ -128,17 +136,18 @@ class RegistryServicer(_Base, pb_grpc.RegistryServicer):
     async def Heartbeat(
         self, request_iterator: AsyncIterator[pb.HeartbeatRequest], context: Any
     ) -> None:
+        # Messages are read with context.read(), not request_iterator: the iterator is
+        # an async generator around the same call, one more hop per beat at 10,000 a second.
         try:
             self.auth.check(Role.ENGINE, context.invocation_metadata())
-            requests = aiter(request_iterator)
-            first = await asyncio.wait_for(anext(requests), self.first_message_timeout_s)
+            first = await asyncio.wait_for(context.read(), self.first_message_timeout_s)
+            if first is grpc.aio.EOF:
+                return
             instance_id = validate_instance_id(first.instance_id)
             # The whole first message is checked before the stream touches the instance:
             # a malformed one must not supersede, and then break, the owner's stream.
             self._status(first)
             attachment = self.core.attach(instance_id, first.secret)
-        except StopAsyncIteration:
-            return
         except TimeoutError:
             await context.abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -150,14 +159,14 @@ class RegistryServicer(_Base, pb_grpc.RegistryServicer):
         try:
             self._beat(instance_id, first)
             await context.write(pb.HeartbeatResponse())
-            broken = await self._serve_stream(attachment, requests, context)
+            broken = await self._serve_stream(attachment, context)
         except RegistryError as exc:
             await _abort(context, exc, self.core.metrics)
         finally:
             self.core.detach(attachment, broken=broken)
 
     def _beat(self, instance_id: str, request: pb.HeartbeatRequest) -> None:
-        self.core.heartbeat(instance_id, self._status(request), load_from_pb(request.load))
+        self.core.heartbeat(instance_id, self._status(request), request.load)
 
     @staticmethod
     def _status(request: pb.HeartbeatRequest) -> EngineStatus:
@@ -166,15 +175,15 @@ class RegistryServicer(_Base, pb_grpc.RegistryServicer):
             raise InvalidArgumentError("status", f"unknown engine status {request.status}")
         return status
 
-    async def _read_beats(
-        self, instance_id: str, requests: AsyncIterator[pb.HeartbeatRequest]
-    ) -> None:
-        # A stream open but silent past the TTL is dead weight: the lease has lapsed.
-        idle_s = 2 * self.ttl_s
+    async def _read_beats(self, attachment: Attachment, context: Any) -> None:
+        """Apply beats until the stream ends. No timeout per beat (that cost a task and a
+        timer per beat at 10,000 a second): the core's sweep watches for silence."""
         budget = self._beat_budget()
-        while True:
-            request = await asyncio.wait_for(anext(requests), idle_s)
-            if budget.allow("", self.core.clock()):
+        clock, instance_id, read = self.core.clock, attachment.instance_id, context.read
+        while (request := await read()) is not grpc.aio.EOF:
+            now = clock()
+            attachment.last_beat_at = now
+            if budget.allow("", now):
                 self._beat(instance_id, request)
             else:
                 # One stream must not be able to flood the registry and delay every
@@ -187,38 +196,37 @@ class RegistryServicer(_Base, pb_grpc.RegistryServicer):
         rate = max(MIN_BEATS_PER_S, BEAT_HEADROOM / self.heartbeat_interval_s)
         return KeyedRateLimiter(rate, max(1, int(rate)), max_keys=1)
 
-    async def _serve_stream(
-        self,
-        attachment: Attachment,
-        requests: AsyncIterator[pb.HeartbeatRequest],
-        context: Any,
-    ) -> bool:
-        """Relay directives until the stream ends; True when it ended by breaking."""
-        reader = asyncio.create_task(self._read_beats(attachment.instance_id, requests))
+    async def _serve_stream(self, attachment: Attachment, context: Any) -> bool:
+        """Relay directives until the stream ends; True when it ended by breaking.
+
+        A newer stream for the instance, or silence (the core's sweep marks the stream
+        idle), ends it by `superseded`: neither is a break. Silence is left to the
+        lease, where self-preservation can tell a dead engine from our own lost network.
+        """
+        reader = asyncio.create_task(self._read_beats(attachment, context))
         superseded = asyncio.create_task(attachment.superseded.wait())
+        directive = asyncio.create_task(attachment.directives.get())
         try:
             while True:
-                directive = asyncio.create_task(attachment.directives.get())
                 done, _ = await asyncio.wait(
                     {reader, superseded, directive}, return_when=asyncio.FIRST_COMPLETED
                 )
                 if directive in done:
                     await context.write(pb.HeartbeatResponse(directive=directive.result()))
+                    directive = asyncio.create_task(attachment.directives.get())
                     continue
-                directive.cancel()
                 if superseded in done:
                     return False
+                # The stream ended or failed: evidence of death.
                 exc = reader.exception()
                 if isinstance(exc, RegistryError):
                     await _abort(context, exc, self.core.metrics)
-                # Silence is not a break: leave it to the lease, where self-preservation
-                # can tell a dead engine from our own lost network.
-                return not isinstance(exc, TimeoutError)
+                return True
         finally:
-            for task in (reader, superseded):
+            for task in (reader, superseded, directive):
                 task.cancel()
             with contextlib.suppress(BaseException):
-                await asyncio.gather(reader, superseded, return_exceptions=True)
+                await asyncio.gather(reader, superseded, directive, return_exceptions=True)
 
     async def Watch(self, request: pb.WatchRequest, context: Any) -> None:
         try:
@@ -239,41 +247,73 @@ class RegistryServicer(_Base, pb_grpc.RegistryServicer):
                     return
                 for event in events:
                     await context.write(event)
+                self.core.hub.written(watcher)
         finally:
             self.core.hub.unsubscribe(watcher)
             self.core.metrics.watchers.dec()
 
     @unary(Role.READ)
     async def Resolve(self, request: pb.ResolveRequest, context: Any) -> pb.ResolveResponse:
+        page_size = _page_size(request.page_size)
+        alias, after = self._resolve_target(request)
+        catalog = self.core.catalog
+        # A tenant's list may name an alias not created yet: it answers with nothing.
+        views: list[InstanceView] = []
+        more = False
+        if request.alias or alias in catalog.aliases:
+            views, more = catalog.resolve_page(alias, after, page_size)
+        instances, more = self._fit(views, more)
+        return pb.ResolveResponse(
+            alias=alias,
+            revision=catalog.revision,
+            instances=instances,
+            next_page_token=f"{alias}/{instances[-1].id}" if more else "",
+        )
+
+    def _fit(self, views: list[InstanceView], more: bool) -> tuple[list[pb.Instance], bool]:
+        """The page's instances that fit `max_page_bytes` (True: more follow)."""
+        pages = fit_pages([instance_to_pb(v) for v in views], len(views), self.max_page_bytes)
+        if len(pages) > 1:
+            return pages[0], True
+        return (pages[0] if pages else []), more
+
+    def _resolve_target(self, request: pb.ResolveRequest) -> tuple[str, str]:
+        """(alias to resolve, id to resume after). A page token pins the alias that
+        answered the first page, so a tenant's pages never mix two aliases."""
         catalog = self.core.catalog
         if request.alias:
             alias = validate_name(request.alias, "alias")
-            views: list[InstanceView] = catalog.resolve_alias(alias)
+            allowed: tuple[str, ...] = (alias,)
         elif request.tenant and request.lang:
             tenant = validate_name(request.tenant, "tenant")
-            alias, views = catalog.resolve_tenant(tenant, validate_lang(request.lang))
+            lang = validate_lang(request.lang)
+            if not request.page_token:
+                return catalog.tenant_alias(tenant, lang), ""
+            allowed = catalog.tenant_route(tenant, lang).aliases
         else:
             raise InvalidArgumentError("alias", "set alias, or both tenant and lang")
-        return pb.ResolveResponse(
-            alias=alias, revision=catalog.revision, instances=[instance_to_pb(v) for v in views]
-        )
+        if not request.page_token:
+            return alias, ""
+        pinned, _, after = request.page_token.partition("/")
+        if pinned not in allowed or not after:
+            raise InvalidArgumentError(
+                "page_token", "is not a next_page_token of this alias or tenant route"
+            )
+        return pinned, after
 
     @unary(Role.READ)
     async def ListInstances(self, request: pb.ListInstancesRequest, context: Any) -> Any:
         service = validate_name(request.service, "service") if request.service else None
-        page_size = request.page_size or DEFAULT_PAGE_SIZE
-        if page_size > MAX_PAGE_SIZE:
-            raise InvalidArgumentError("page_size", f"must be at most {MAX_PAGE_SIZE}")
+        page_size = _page_size(request.page_size)
         catalog = self.core.catalog
         # Pages run in id order; the token is the last id of the previous page, so a page
         # is neither repeated nor skipped when instances come and go in between.
-        views = [v for v in catalog.views(service) if v.id > request.page_token]
-        page = views[:page_size]
-        more = len(views) > page_size
+        views, more = catalog.page(request.page_token, page_size, service=service)
+        instances, more = self._fit(views, more)
         return pb.ListInstancesResponse(
             revision=catalog.revision,
-            instances=[instance_to_pb(v) for v in page],
-            next_page_token=page[-1].id if more else "",
+            instances=instances,
+            next_page_token=instances[-1].id if more else "",
         )
 
     @unary(Role.READ)

@@ -1,8 +1,8 @@
 """Change streams: each watcher gets a snapshot, then deltas, from a bounded queue.
 
-A watcher that falls behind (its queue would exceed `max_pending`) loses its
-queue and is marked for a fresh snapshot instead: memory stays bounded and the
-watcher still converges on the current view.
+A watcher that falls behind (its queue would exceed `max_pending`, or two events per
+instance in a larger fleet) loses its queue and is marked for a fresh snapshot
+instead: memory stays bounded and the watcher still converges on the current view.
 """
 
 from __future__ import annotations
@@ -17,9 +17,31 @@ from registry.convert import alias_to_pb, instance_to_pb, tenant_to_pb
 from tidepool.registry.v1 import registry_pb2 as pb
 
 SNAPSHOT_CHUNK = 500
-"""Instances per snapshot chunk: a few hundred KiB, well inside any message limit."""
+"""Instances per snapshot chunk at most (fewer when they are large: `max_chunk_bytes`)."""
+DEFAULT_MAX_CHUNK_BYTES = 512 * 1024
+"""Half the registry's default message limit: room for the aliases and tenants too."""
 
 DEFAULT_MAX_PENDING = 1024
+RESYNC_EVENTS_PER_INSTANCE = 2
+
+
+def fit_pages(instances: list[pb.Instance], count: int, max_bytes: int) -> list[list[pb.Instance]]:
+    """Split `instances` into runs of at most `count` and at most `max_bytes` on the
+    wire (a single instance larger than that still gets a run of its own)."""
+    pages: list[list[pb.Instance]] = []
+    page: list[pb.Instance] = []
+    size = 0
+    for instance in instances:
+        # A repeated field costs its tag and length prefix on top of the message.
+        cost = instance.ByteSize() + 6
+        if page and (len(page) == count or size + cost > max_bytes):
+            pages.append(page)
+            page, size = [], 0
+        page.append(instance)
+        size += cost
+    if page:
+        pages.append(page)
+    return pages
 
 
 @dataclass(frozen=True)
@@ -47,12 +69,15 @@ class Watcher:
     resync: bool = True
     closed: bool = False
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    unwritten: list[float] = field(default_factory=list)
+    """When each change in the events last handed out was made; `written` times them."""
 
-    def offer(self, batch: list[_Pending]) -> bool:
-        """Queue a batch; False when the watcher fell behind and now needs a snapshot."""
+    def offer(self, batch: list[_Pending], limit: int | None = None) -> bool:
+        """Queue a batch; False when the watcher fell behind (past `limit`, by default
+        `max_pending`) and now needs a snapshot."""
         if self.resync:
             return True
-        if len(self.queue) + len(batch) > self.max_pending:
+        if len(self.queue) + len(batch) > (self.max_pending if limit is None else limit):
             self.queue.clear()
             self.resync = True
             self.wakeup.set()
@@ -68,8 +93,10 @@ class WatchHub:
 
     catalog: Catalog
     max_pending: int = DEFAULT_MAX_PENDING
+    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES
     on_resync: Callable[[], None] = lambda: None
     on_delivered: Callable[[float], None] = lambda _created_at: None
+    """Called with each change's `created_at` once its event is written to a watcher."""
     watchers: set[Watcher] = field(default_factory=set)
     listeners: list[Callable[[list[Change]], None]] = field(default_factory=list)
     """Called with every non-empty batch of changes (the Consul API's blocking queries)."""
@@ -98,12 +125,28 @@ class WatchHub:
         batch = [
             _Pending(c, instance_to_pb(c.view) if c.view is not None else None) for c in changes
         ]
+        # A resync costs a snapshot of the whole fleet, so a watcher may fall behind by
+        # two events per instance before it gets one: thousands of engines registering
+        # at once (a registry restart) must not turn every watcher into a snapshot storm.
+        # The queued items are shared by all watchers: one costs a slot per event.
+        limit = max(self.max_pending, RESYNC_EVENTS_PER_INSTANCE * len(self.catalog.records))
         for watcher in self.watchers:
-            if not watcher.offer(batch):
+            if not watcher.offer(batch, limit):
                 self.on_resync()
+
+    def written(self, watcher: Watcher) -> None:
+        """The events `next_events` last returned are written: time each change's trip.
+
+        Timed after the write, not when the event is built, so a stream that is slow
+        to take its events (or a loop too busy to write them) shows in the fan-out.
+        """
+        for created_at in watcher.unwritten:
+            self.on_delivered(created_at)
+        watcher.unwritten.clear()
 
     async def next_events(self, watcher: Watcher) -> list[pb.WatchEvent]:
         """Wait for the watcher's next events: a snapshot when due, else its deltas."""
+        watcher.unwritten.clear()
         while True:
             await watcher.wakeup.wait()
             watcher.wakeup.clear()
@@ -120,17 +163,17 @@ class WatchHub:
                 return events
 
     def _snapshot(self, watcher: Watcher) -> list[pb.WatchEvent]:
-        """The whole view, in chunks of SNAPSHOT_CHUNK instances so that no message
-        outgrows the size limit however large the fleet; one chunk at the least."""
+        """The whole view in chunks (SNAPSHOT_CHUNK instances, `max_chunk_bytes`), so that
+        no message outgrows the size limit however large the fleet; one at the least."""
         views = self._scope(watcher.target)
         watcher.members = {v.id for v in views}
         revision = self.catalog.revision
-        chunks = [views[i : i + SNAPSHOT_CHUNK] for i in range(0, len(views), SNAPSHOT_CHUNK)]
+        chunks = fit_pages([instance_to_pb(v) for v in views], SNAPSHOT_CHUNK, self.max_chunk_bytes)
         events = [
             pb.WatchEvent(
                 kind=pb.WatchEvent.KIND_SNAPSHOT,
                 revision=revision,
-                instances=[instance_to_pb(v) for v in chunk],
+                instances=chunk,
                 snapshot_more=True,
             )
             for chunk in chunks or [[]]
@@ -153,7 +196,7 @@ class WatchHub:
             event = self._delta(watcher, item)
             if event is None:
                 continue
-            self.on_delivered(item.change.created_at)
+            watcher.unwritten.append(item.change.created_at)
             last = events[-1] if events else None
             if last is not None and last.kind == event.kind and event.kind != event.KIND_ROUTING:
                 last.instances.extend(event.instances)  # coalesce a run of the same kind

@@ -230,24 +230,30 @@ class WatchEvent(_message.Message):
     def __init__(self, kind: _Optional[_Union[WatchEvent.Kind, str]] = ..., revision: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., aliases: _Optional[_Iterable[_Union[Alias, _Mapping]]] = ..., tenants: _Optional[_Iterable[_Union[TenantRoute, _Mapping]]] = ..., snapshot_more: _Optional[bool] = ...) -> None: ...
 
 class ResolveRequest(_message.Message):
-    __slots__ = ("alias", "tenant", "lang")
+    __slots__ = ("alias", "tenant", "lang", "page_size", "page_token")
     ALIAS_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     LANG_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     alias: str
     tenant: str
     lang: str
-    def __init__(self, alias: _Optional[str] = ..., tenant: _Optional[str] = ..., lang: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, alias: _Optional[str] = ..., tenant: _Optional[str] = ..., lang: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ResolveResponse(_message.Message):
-    __slots__ = ("alias", "revision", "instances")
+    __slots__ = ("alias", "revision", "instances", "next_page_token")
     ALIAS_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     alias: str
     revision: int
     instances: _containers.RepeatedCompositeFieldContainer[Instance]
-    def __init__(self, alias: _Optional[str] = ..., revision: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, alias: _Optional[str] = ..., revision: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListInstancesRequest(_message.Message):
     __slots__ = ("service", "page_size", "page_token")
