@@ -279,8 +279,8 @@ async def _trials(lab: Lab) -> list[Trial]:
 async def _lab_run(args: argparse.Namespace, children: Children, work: Path) -> dict[str, Any]:
     engine, why = choose_engine(args.engine)
     say(f"engine: {engine} ({why})")
-    flags = {"heartbeat_interval": args.heartbeat_interval, "ttl": args.ttl}
-    flags["restart_grace"] = args.ttl
+    flags = {"heartbeat_interval_s": args.heartbeat_interval, "ttl_s": args.ttl}
+    flags["restart_grace_s"] = args.ttl
     registry = await children.start("registry", registry_argv(work / "data", flags))
     say(
         f"registry pid {registry.pid} grpc={registry.fields['grpc']} http={registry.fields['http']}"

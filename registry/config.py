@@ -6,19 +6,21 @@ import argparse
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 
 from registry.address import parse_ranges
 from registry.errors import InvalidArgumentError
+from registry.store.etcd_client import parse_endpoint
 from tidepool.runtime.options import (
     ConfigError,
-    Option,
+    options_for,
     parse_bool,
     parse_host_port,
     parse_non_negative_int,
     parse_positive_float,
     resolve,
+    setting,
 )
 
 ENV = "TIDEPOOL_REGISTRY_"
@@ -50,253 +52,229 @@ def _share(text: str) -> float:
     return value
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option("listen", ENV + "LISTEN", "127.0.0.1:7700", "gRPC address to serve", _listen),
-    Option(
-        "http_listen",
-        ENV + "HTTP_LISTEN",
-        "127.0.0.1:7701",
-        "HTTP address for /metrics, /healthz, /readyz and the Consul-compatible /v1/ API",
-        _listen,
-    ),
-    Option(
-        "data_dir",
-        ENV + "DATA_DIR",
-        ".tidepool/registry",
-        "directory of the embedded store (aliases, tenants, instances, overrides)",
-    ),
-    Option(
-        "allow_empty_store",
-        ENV + "ALLOW_EMPTY_STORE",
-        False,
-        "start on an empty store even though --data-dir held one before (its registry.id"
-        " marker remains but the database is missing or 0 bytes); true or false",
-        parse_bool,
-    ),
-    Option(
-        "engine_token",
-        ENV + "ENGINE_TOKEN",
-        None,
-        "token engines present to register, heartbeat and deregister",
-    ),
-    Option(
-        "admin_token",
-        ENV + "ADMIN_TOKEN",
-        None,
-        "token for admin changes; it is also accepted for every other method",
-    ),
-    Option(
-        "read_token",
-        ENV + "READ_TOKEN",
-        None,
-        "token for watch, resolve and listings (routers, dashboards)",
-    ),
-    Option(
-        "heartbeat_interval",
-        ENV + "HEARTBEAT_INTERVAL",
-        1.0,
-        "seconds between engine heartbeats (told to engines at registration)",
-        parse_positive_float,
-        "S",
-    ),
-    Option(
-        "ttl",
-        ENV + "TTL",
-        3.0,
-        "seconds without a heartbeat before an instance is unhealthy",
-        parse_positive_float,
-        "S",
-    ),
-    Option(
-        "stall_after",
-        ENV + "STALL_AFTER",
-        10.0,
-        "seconds with in-flight work and no progress before an instance is stalled",
-        parse_positive_float,
-        "S",
-    ),
-    Option(
-        "restart_grace",
-        ENV + "RESTART_GRACE",
-        10.0,
-        "after a registry start, seconds known instances get to re-attach (at least the TTL)",
-        parse_positive_float,
-        "S",
-    ),
-    Option(
-        "forget_after",
-        ENV + "FORGET_AFTER",
-        300.0,
-        "seconds an unhealthy instance keeps its identity and labels before it is forgotten",
-        parse_positive_float,
-        "S",
-    ),
-    Option(
-        "flap_threshold",
-        ENV + "FLAP_THRESHOLD",
-        3,
-        "an instance unhealthy and back more often than this within --flap-window is held "
-        "out (flapping)",
-        parse_non_negative_int,
-        "N",
-    ),
-    Option(
-        "flap_window",
-        ENV + "FLAP_WINDOW",
-        60.0,
-        "seconds over which unhealthy-and-back cycles are counted",
-        parse_positive_float,
-        "S",
-    ),
-    Option(
-        "flap_hold",
-        ENV + "FLAP_HOLD",
-        10.0,
-        "seconds a flapping instance is held out; doubles with each hold in a row",
-        parse_positive_float,
-        "S",
-    ),
-    Option(
-        "flap_hold_max",
-        ENV + "FLAP_HOLD_MAX",
-        300.0,
-        "cap on a flapping instance's hold, in seconds",
-        parse_positive_float,
-        "S",
-    ),
-    Option(
-        "self_preservation_threshold",
-        ENV + "SELF_PRESERVATION_THRESHOLD",
-        0.5,
-        "share of instances lapsing silently within one TTL that makes the registry "
-        "suspect its own network and stop expiring",
-        _share,
-    ),
-    Option(
-        "self_preservation_min_instances",
-        ENV + "SELF_PRESERVATION_MIN_INSTANCES",
-        3,
-        "fleet size below which self-preservation never engages",
-        parse_non_negative_int,
-    ),
-    Option(
-        "allow_address_ranges",
-        ENV + "ALLOW_ADDRESS_RANGES",
-        "",
-        "comma-separated CIDRs engines may register addresses in, besides their own IP",
-        _ranges,
-    ),
-    Option(
-        "max_message_bytes",
-        ENV + "MAX_MESSAGE_BYTES",
-        1024 * 1024,
-        "largest gRPC message accepted or sent",
-        parse_non_negative_int,
-    ),
-    Option(
-        "register_rate",
-        ENV + "REGISTER_RATE",
-        20.0,
-        "registrations per second allowed per caller IP",
-        parse_positive_float,
-    ),
-    Option(
-        "register_burst",
-        ENV + "REGISTER_BURST",
-        40,
-        "registrations a caller may make in a burst",
-        parse_non_negative_int,
-    ),
-    Option(
-        "first_message_timeout",
-        ENV + "FIRST_MESSAGE_TIMEOUT",
-        5.0,
-        "seconds a heartbeat stream may stay silent after opening before it is dropped",
-        parse_positive_float,
-        "S",
-    ),
-    Option(
-        "watch_max_pending",
-        ENV + "WATCH_MAX_PENDING",
-        1024,
-        "events queued per watcher before it is resynced with a snapshot",
-        parse_non_negative_int,
-    ),
-    Option(
-        "consul_datacenter",
-        ENV + "CONSUL_DATACENTER",
-        "dc1",
-        "datacenter name the Consul-compatible API reports (a ?dc= naming another is refused)",
-        _datacenter,
-    ),
-    Option(
-        "consul_max_waiters_per_client",
-        ENV + "CONSUL_MAX_WAITERS_PER_CLIENT",
-        64,
-        "Consul blocking queries one client IP may hold open at once (more get 429)",
-        parse_non_negative_int,
-    ),
-    Option(
-        "consul_max_waiters",
-        ENV + "CONSUL_MAX_WAITERS",
-        4096,
-        "Consul blocking queries held open at once in total (more get 429)",
-        parse_non_negative_int,
-    ),
-    Option("tls_cert", ENV + "TLS_CERT", None, "PEM certificate chain: serve gRPC over TLS"),
-    Option("tls_key", ENV + "TLS_KEY", None, "PEM private key for --tls-cert"),
-)
+def _store(text: str) -> str:
+    if text not in ("embedded", "etcd"):
+        raise ValueError(f"must be embedded or etcd, got {text!r}")
+    return text
+
+
+def _endpoints(text: str) -> str:
+    for endpoint in filter(None, (e.strip() for e in text.split(","))):
+        parse_endpoint(endpoint)
+    return text
+
+
+def _etcd_prefix(text: str) -> str:
+    if not text.startswith("/") or text.rstrip("/") == "":
+        raise ValueError(f"must start with '/' and name something, got {text!r}")
+    return text
+
+
+def _lease_ttl(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise ValueError(f"must be a whole number of seconds, 2 or more, got {text}")
+    return value
 
 
 @dataclass(frozen=True)
 class RegistryConfig:
-    """Frozen registry settings. Durations in seconds; validated on construction."""
+    """Frozen registry settings, each also a flag, an environment variable and a config key.
 
-    listen: str = "127.0.0.1:7700"
-    http_listen: str = "127.0.0.1:7701"
-    data_dir: str = ".tidepool/registry"
-    allow_empty_store: bool = False
+    Durations are seconds (`_s`). The checks across fields are in `__post_init__`.
+    """
+
+    listen: str = setting("127.0.0.1:7700", "gRPC address to serve", _listen)
+    http_listen: str = setting(
+        "127.0.0.1:7701",
+        "HTTP address for /metrics, /healthz, /readyz and the Consul-compatible /v1/ API",
+        _listen,
+    )
+    data_dir: str = setting(
+        ".tidepool/registry",
+        "directory of the embedded store (aliases, tenants, instances, overrides)",
+    )
+    allow_empty_store: bool = setting(
+        False,
+        "start on an empty store even though --data-dir held one before (its registry.id"
+        " marker remains but the database is missing or 0 bytes); true or false",
+        parse_bool,
+    )
     """Start empty where the data dir's marker says a store existed (the operator's call)."""
-    engine_token: str | None = None
-    admin_token: str | None = None
-    read_token: str | None = None
-    heartbeat_interval: float = 1.0
-    ttl: float = 3.0
-    stall_after: float = 10.0
-    restart_grace: float = 10.0
-    forget_after: float = 300.0
-    flap_threshold: int = 3
-    flap_window: float = 60.0
-    flap_hold: float = 10.0
-    flap_hold_max: float = 300.0
-    self_preservation_threshold: float = 0.5
-    self_preservation_min_instances: int = 3
-    allow_address_ranges: str = ""
-    max_message_bytes: int = 1024 * 1024
-    register_rate: float = 20.0
-    register_burst: int = 40
-    first_message_timeout: float = 5.0
-    watch_max_pending: int = 1024
-    consul_datacenter: str = "dc1"
-    consul_max_waiters_per_client: int = 64
-    consul_max_waiters: int = 4096
-    tls_cert: str | None = None
-    tls_key: str | None = None
+    engine_token: str | None = setting(
+        None, "token engines present to register, heartbeat and deregister"
+    )
+    admin_token: str | None = setting(
+        None, "token for admin changes; it is also accepted for every other method"
+    )
+    read_token: str | None = setting(
+        None, "token for watch, resolve and listings (routers, dashboards)"
+    )
+    heartbeat_interval_s: float = setting(
+        1.0,
+        "seconds between engine heartbeats (told to engines at registration)",
+        parse_positive_float,
+        metavar="S",
+        old_names=("heartbeat_interval",),
+    )
+    ttl_s: float = setting(
+        3.0,
+        "seconds without a heartbeat before an instance is unhealthy",
+        parse_positive_float,
+        metavar="S",
+        old_names=("ttl",),
+    )
+    stall_after_s: float = setting(
+        10.0,
+        "seconds with in-flight work and no progress before an instance is stalled",
+        parse_positive_float,
+        metavar="S",
+        old_names=("stall_after",),
+    )
+    restart_grace_s: float = setting(
+        10.0,
+        "after a registry start, seconds known instances get to re-attach (at least the TTL)",
+        parse_positive_float,
+        metavar="S",
+        old_names=("restart_grace",),
+    )
+    forget_after_s: float = setting(
+        300.0,
+        "seconds an unhealthy instance keeps its identity and labels before it is forgotten",
+        parse_positive_float,
+        metavar="S",
+        old_names=("forget_after",),
+    )
+    flap_threshold: int = setting(
+        3,
+        "an instance unhealthy and back more often than this within --flap-window-s is held "
+        "out (flapping)",
+        parse_non_negative_int,
+        metavar="N",
+    )
+    flap_window_s: float = setting(
+        60.0,
+        "seconds over which unhealthy-and-back cycles are counted",
+        parse_positive_float,
+        metavar="S",
+        old_names=("flap_window",),
+    )
+    flap_hold_s: float = setting(
+        10.0,
+        "seconds a flapping instance is held out; doubles with each hold in a row",
+        parse_positive_float,
+        metavar="S",
+        old_names=("flap_hold",),
+    )
+    flap_hold_max_s: float = setting(
+        300.0,
+        "cap on a flapping instance's hold, in seconds",
+        parse_positive_float,
+        metavar="S",
+        old_names=("flap_hold_max",),
+    )
+    self_preservation_threshold: float = setting(
+        0.5,
+        "share of instances lapsing silently within one TTL that makes the registry "
+        "suspect its own network and stop expiring",
+        _share,
+    )
+    self_preservation_min_instances: int = setting(
+        3, "fleet size below which self-preservation never engages", parse_non_negative_int
+    )
+    allow_address_ranges: str = setting(
+        "", "comma-separated CIDRs engines may register addresses in, besides their own IP", _ranges
+    )
+    max_message_bytes: int = setting(
+        1024 * 1024, "largest gRPC message accepted or sent", parse_non_negative_int
+    )
+    register_rate: float = setting(
+        20.0, "registrations per second allowed per caller IP", parse_positive_float
+    )
+    register_burst: int = setting(
+        40, "registrations a caller may make in a burst", parse_non_negative_int
+    )
+    first_message_timeout_s: float = setting(
+        5.0,
+        "seconds a heartbeat stream may stay silent after opening before it is dropped",
+        parse_positive_float,
+        metavar="S",
+        old_names=("first_message_timeout",),
+    )
+    watch_max_pending: int = setting(
+        1024,
+        "events queued per watcher before it is resynced with a snapshot",
+        parse_non_negative_int,
+    )
+    consul_datacenter: str = setting(
+        "dc1",
+        "datacenter name the Consul-compatible API reports (a ?dc= naming another is refused)",
+        _datacenter,
+    )
+    consul_max_waiters_per_client: int = setting(
+        64,
+        "Consul blocking queries one client IP may hold open at once (more get 429)",
+        parse_non_negative_int,
+    )
+    consul_max_waiters: int = setting(
+        4096,
+        "Consul blocking queries held open at once in total (more get 429)",
+        parse_non_negative_int,
+    )
+    store: Literal["embedded", "etcd"] = setting(
+        "embedded", "durable store: embedded or etcd", _store
+    )
+    etcd_endpoints: str = setting(
+        "",
+        "etcd members for --store etcd: URL[,URL...] (http:// or https://)",
+        _endpoints,
+        metavar="URLS",
+    )
+    etcd_prefix: str = setting("/tidepool", "etcd key prefix", _etcd_prefix)
+    etcd_ca: str | None = setting(None, "PEM CA bundle that signed etcd's certificates")
+    etcd_cert: str | None = setting(None, "PEM client certificate for etcd")
+    etcd_key: str | None = setting(None, "PEM private key for --etcd-cert")
+    etcd_lease_ttl_s: int = setting(
+        3,
+        "seconds of this replica's etcd lease (its engines' attachments lapse this long "
+        "after it dies); at least 2",
+        _lease_ttl,
+        metavar="S",
+        old_names=("etcd_lease_ttl",),
+    )
+    etcd_timeout_s: float = setting(
+        1.0,
+        "seconds one etcd request may take on one member before the next member is tried",
+        parse_positive_float,
+        metavar="S",
+        old_names=("etcd_timeout",),
+    )
+    handover_grace_s: float = setting(
+        10.0,
+        "seconds engines of a replica that died get to re-attach to another replica",
+        parse_positive_float,
+        metavar="S",
+        old_names=("handover_grace",),
+    )
+    tls_cert: str | None = setting(None, "PEM certificate chain: serve gRPC over TLS")
+    tls_key: str | None = setting(None, "PEM private key for --tls-cert")
 
     def __post_init__(self) -> None:
-        if self.ttl < 2 * self.heartbeat_interval:
+        self._check_etcd()
+        if self.ttl_s < 2 * self.heartbeat_interval_s:
             raise ConfigError(
-                f"--ttl must be at least twice --heartbeat-interval "
-                f"({self.heartbeat_interval}s), got {self.ttl}s"
+                f"--ttl-s must be at least twice --heartbeat-interval-s "
+                f"({self.heartbeat_interval_s}s), got {self.ttl_s}s"
             )
-        if self.restart_grace < self.ttl:
+        if self.restart_grace_s < self.ttl_s:
             raise ConfigError(
-                f"--restart-grace must be at least --ttl ({self.ttl}s), got {self.restart_grace}s"
+                f"--restart-grace-s must be at least --ttl-s ({self.ttl_s}s), "
+                f"got {self.restart_grace_s}s"
             )
-        if self.flap_hold_max < self.flap_hold:
+        if self.flap_hold_max_s < self.flap_hold_s:
             raise ConfigError(
-                f"--flap-hold-max must be at least --flap-hold ({self.flap_hold}s), "
-                f"got {self.flap_hold_max}s"
+                f"--flap-hold-max-s must be at least --flap-hold-s ({self.flap_hold_s}s), "
+                f"got {self.flap_hold_max_s}s"
             )
         if self.max_message_bytes < 4096:
             raise ConfigError(
@@ -312,6 +290,21 @@ class RegistryConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key must be given together")
 
+    def _check_etcd(self) -> None:
+        if self.store == "etcd" and not self.etcd_endpoint_list:
+            raise ConfigError("--store etcd needs --etcd-endpoints URL[,URL...]")
+        if (self.etcd_cert is None) != (self.etcd_key is None):
+            raise ConfigError("--etcd-cert and --etcd-key must be given together")
+        if self.store == "etcd" and self.handover_grace_s < self.ttl_s:
+            raise ConfigError(
+                f"--handover-grace-s must be at least --ttl-s ({self.ttl_s}s), "
+                f"got {self.handover_grace_s}s"
+            )
+
+    @property
+    def etcd_endpoint_list(self) -> tuple[str, ...]:
+        return tuple(e.strip() for e in self.etcd_endpoints.split(",") if e.strip())
+
     @property
     def listens_on_loopback(self) -> bool:
         host, _ = parse_host_port(self.listen)
@@ -324,6 +317,7 @@ class RegistryConfig:
 
     @classmethod
     def from_args(cls, namespace: argparse.Namespace, environ: Mapping[str, str]) -> RegistryConfig:
-        values: dict[str, Any] = resolve(OPTIONS, namespace, environ)
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        return cls(**resolve(OPTIONS, namespace, environ))
+
+
+OPTIONS = options_for(RegistryConfig, ENV)

@@ -21,6 +21,9 @@ class LeaderLease:
     holder: str
     fence: int
     expires_at: float
+    held_in_etcd: bool = False
+    """On etcd the leader key's own lease is the clock: this copy ends when a replica sees
+    the key deleted (`expires_at` is then only what `remaining` reports)."""
 
     def remaining_s(self, now: float) -> float:
         return max(0.0, self.expires_at - now)
@@ -35,7 +38,8 @@ class LeadershipTable:
 
     def current(self, now: float) -> LeaderLease | None:
         """The live lease, or None when nobody holds it or it lapsed."""
-        if self.lease is not None and self.lease.expires_at <= now:
+        lease = self.lease
+        if lease is not None and not lease.held_in_etcd and lease.expires_at <= now:
             self.lease = None
         return self.lease
 
@@ -56,6 +60,12 @@ class LeadershipTable:
         self.fence = max(self.fence, fence)
         self.lease = LeaderLease(holder, fence, now + ttl_s)
         return self.lease
+
+    def hold_from_etcd(self, lease: LeaderLease | None) -> None:
+        """What a replica saw in etcd's leader key: the holder, or None once it was deleted."""
+        if lease is not None:
+            self.fence = max(self.fence, lease.fence)
+        self.lease = lease
 
     def release(self, holder: str, now: float) -> None:
         current = self.current(now)

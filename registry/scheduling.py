@@ -1,8 +1,10 @@
 """Scheduler coordination in the registry: the leader lease, moves and published pool status.
 
-Moves and the fencing number are durable (store first, then memory); the lease
-and the pool status are memory only: after a registry restart the scheduler
-takes the leadership again (with a higher fence) and republishes its pools.
+Moves and the fencing number are durable (store first, then memory); on the
+embedded store the lease and the pool status are memory only: after a registry
+restart the scheduler takes the leadership again (with a higher fence) and
+republishes its pools. On etcd the lease is etcd's leader key
+(registry/etcd_leader.py), the same for every replica.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from dataclasses import dataclass, field
 
 from registry.core import RegistryCore
 from registry.errors import FailedPreconditionError, InvalidArgumentError
+from registry.etcd_leader import EtcdLeadership
 from registry.fencing import PRESENTED_FENCE
 from registry.leadership import MAX_TTL_S, MIN_TTL_S, LeaderLease
 from registry.moves import MoveRequest
 from registry.records import MoveRecord
+from registry.store.etcd import EtcdStore
 from registry.validation import validate_instance_id
 from tidepool.registry.v1 import registry_pb2 as pb
 
@@ -41,6 +45,11 @@ class SchedulingOps:
             )
         core = self.core
         async with core.lock:
+            if isinstance(core.store, EtcdStore):
+                record = await EtcdLeadership(core.store).acquire(holder, ttl_s)
+                lease = record.lease(core.clock())
+                core.leadership.hold_from_etcd(lease)
+                return lease
             table = core.leadership
             fence = table.fence
             if table.needs_new_fence(holder, core.clock()):
@@ -53,6 +62,8 @@ class SchedulingOps:
     async def release(self, holder: str) -> None:
         holder = validate_instance_id(holder, "holder")
         async with self.core.lock:
+            if isinstance(self.core.store, EtcdStore):
+                await EtcdLeadership(self.core.store).release(holder)
             self.core.leadership.release(holder, self.core.clock())
 
     def leader(self) -> LeaderLease | None:

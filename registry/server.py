@@ -22,6 +22,7 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from registry import heap
 from registry.address import AddressPolicy, parse_ranges
 from registry.auth import Role, TokenAuth
 from registry.catalog import Catalog
@@ -33,12 +34,15 @@ from registry.errors import RegistryError
 from registry.lease import LeaseConfig, LeaseTable
 from registry.metrics import RegistryMetrics
 from registry.ratelimit import KeyedRateLimiter
+from registry.replica import Replica, open_store, start_replica
 from registry.servicer import AdminServicer, RegistryServicer, SchedulingServicer
-from registry.store import EmbeddedStore, Store
+from registry.store import Store
 from registry.watch import WatchHub
+from tidepool.registry.v1 import registry_pb2 as pb
 from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
 from tidepool.runtime.channel import channel_options
 from tidepool.runtime.options import CommandParser, ConfigError, add_options, parse_host_port
+from tidepool.runtime.reflection import enable_reflection
 from tidepool.runtime.status_http import StatusServer
 
 log = logging.getLogger("tidepool.registry")
@@ -63,6 +67,8 @@ class RegistryServer:
     ready_flag: dict[str, bool] = field(default_factory=dict)
     consul: ConsulApi | None = None
     """The Consul-compatible read API served on the HTTP port."""
+    replica: Replica | None = None
+    """The etcd side (lease, mirror, attachments) when the store is etcd."""
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
@@ -76,7 +82,8 @@ class RegistryServer:
         return f"{_bracket(host)}:{self.status.port}"
 
     async def start(self) -> None:
-        await self.core.start(self.config.restart_grace)
+        await self.core.start(self.config.restart_grace_s)
+        self.replica = await start_replica(self.core, self.config)
         await self.grpc_server.start()
         for name in ("", "tidepool.registry.v1.Registry", "tidepool.registry.v1.Admin"):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -85,7 +92,7 @@ class RegistryServer:
         self.ready_flag["ready"] = True
 
     async def _sweep_forever(self) -> None:
-        interval = sweep_interval_s(self.config.ttl)
+        interval = sweep_interval_s(self.config.ttl_s)
         while True:
             await asyncio.sleep(interval)
             try:
@@ -98,6 +105,10 @@ class RegistryServer:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.replica is not None:
+            # First: closing the heartbeat streams below marks our engines unhealthy here,
+            # which must not reach etcd; the revoked lease starts the others' hand-over.
+            await self.replica.stop()
         await self.grpc_server.stop(SHUTDOWN_GRACE_S)
         await self.status.stop()
         await self.core.store.close()
@@ -147,13 +158,13 @@ def build_server(config: RegistryConfig, store: Store | None = None) -> Registry
     metrics_registry = CollectorRegistry()
     metrics = RegistryMetrics(metrics_registry)
     lease_config = LeaseConfig(
-        ttl_s=config.ttl,
-        stall_after_s=config.stall_after,
-        forget_after_s=config.forget_after,
+        ttl_s=config.ttl_s,
+        stall_after_s=config.stall_after_s,
+        forget_after_s=config.forget_after_s,
         flap_threshold=config.flap_threshold,
-        flap_window_s=config.flap_window,
-        flap_hold_s=config.flap_hold,
-        flap_hold_max_s=config.flap_hold_max,
+        flap_window_s=config.flap_window_s,
+        flap_hold_s=config.flap_hold_s,
+        flap_hold_max_s=config.flap_hold_max_s,
         self_preservation_threshold=config.self_preservation_threshold,
         self_preservation_min_instances=config.self_preservation_min_instances,
     )
@@ -162,12 +173,13 @@ def build_server(config: RegistryConfig, store: Store | None = None) -> Registry
     hub = WatchHub(
         catalog,
         max_pending=config.watch_max_pending,
+        max_chunk_bytes=config.max_message_bytes // 2,
         on_resync=metrics.watch_resyncs.inc,
         on_delivered=lambda created_at: metrics.fanout.observe(clock() - created_at),
     )
     core = RegistryCore(
         catalog=catalog,
-        store=store or EmbeddedStore(config.data_dir, allow_empty=config.allow_empty_store),
+        store=store or open_store(config),
         hub=hub,
         metrics=metrics,
         address_policy=AddressPolicy(
@@ -176,9 +188,9 @@ def build_server(config: RegistryConfig, store: Store | None = None) -> Registry
         ),
         register_limiter=KeyedRateLimiter(config.register_rate, config.register_burst),
         clock=clock,
-        forget_after_s=config.forget_after,
+        forget_after_s=config.forget_after_s,
     )
-    metrics.track_instances(catalog.views)
+    metrics.track_instances(catalog.state_counts)
     auth = TokenAuth(config.engine_token, config.read_token, config.admin_token)
     warn_open_roles(auth)
     server = grpc.aio.server(
@@ -189,9 +201,10 @@ def build_server(config: RegistryConfig, store: Store | None = None) -> Registry
         RegistryServicer(
             core,
             auth,
-            first_message_timeout_s=config.first_message_timeout,
-            heartbeat_interval_s=config.heartbeat_interval,
-            ttl_s=config.ttl,
+            first_message_timeout_s=config.first_message_timeout_s,
+            heartbeat_interval_s=config.heartbeat_interval_s,
+            ttl_s=config.ttl_s,
+            max_page_bytes=config.max_message_bytes // 2,
         ),
         server,
     )
@@ -199,6 +212,7 @@ def build_server(config: RegistryConfig, store: Store | None = None) -> Registry
     pb_grpc.add_SchedulingServicer_to_server(SchedulingServicer(core, auth), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    enable_reflection(server, [s.full_name for s in pb.DESCRIPTOR.services_by_name.values()])
     credentials = _credentials(config)
     if credentials is None:
         port = server.add_insecure_port(config.listen)
@@ -236,6 +250,9 @@ async def run(config: RegistryConfig) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await server.start()
+    heap.tune(lambda gen, s: server.core.metrics.gc_pause.labels(str(gen)).observe(s))
+    freezer = heap.FreezeRunner(lambda: len(server.core.attachments))
+    server._tasks.add(asyncio.create_task(freezer.run(), name="registry-heap"))
     sys.stdout.write(
         f"tidepool registry ready grpc={server.grpc_address} http={server.http_address}\n"
     )
@@ -251,7 +268,7 @@ async def run(config: RegistryConfig) -> int:
 def parser() -> argparse.ArgumentParser:
     result = CommandParser(
         prog="tidepool registry serve",
-        description="Serve the tidepool registry on the embedded store.",
+        description="Serve the tidepool registry on the embedded store or on etcd.",
     )
     add_options(result, OPTIONS)
     return result

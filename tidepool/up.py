@@ -1,5 +1,8 @@
 """`tidepool up`: the whole stack on one machine, on the embedded store, until Ctrl-C.
 
+With `--store etcd` the registry is a local etcd member and two replicas on it
+(tidepool/up_etcd.py), and every client takes both.
+
 It starts the registry, then the pool scheduler (with `--policy`, or a default
 policy for this fleet written to the data directory), then a mixed fleet of
 engine stubs across languages, tiers and weights that register without a pool
@@ -49,6 +52,7 @@ from tidepool.runtime.options import (
     setting,
 )
 from tidepool.runtime.signals import ShutdownSignals
+from tidepool.up_etcd import LocalEtcd, start_registries
 
 ENV = "TIDEPOOL_UP_"
 READY_TIMEOUT_S = 60.0
@@ -91,6 +95,12 @@ def parse_fleet(text: str) -> tuple[EngineSpec, ...]:
     return tuple(specs)
 
 
+def _store(text: str) -> str:
+    if text not in ("embedded", "etcd"):
+        raise ValueError(f"must be embedded or etcd, got {text!r}")
+    return text
+
+
 @dataclass(frozen=True)
 class UpConfig:
     """What `tidepool up` starts; each field is also a flag, env var and config key."""
@@ -127,6 +137,17 @@ class UpConfig:
     )
     engine_token: str | None = setting(None, "engine token (registry and engines)")
     admin_token: str | None = setting(None, "admin token (registry)")
+    store: str = setting(
+        "embedded",
+        "embedded (one registry) or etcd (a local etcd member and two registry replicas)",
+        _store,
+    )
+    etcd_listen: str = setting(
+        "127.0.0.1:7730", "with --store etcd: etcd's client address", host_port, metavar="HOST:PORT"
+    )
+    etcd_peer_listen: str = setting(
+        "127.0.0.1:7731", "with --store etcd: etcd's peer address", host_port, metavar="HOST:PORT"
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.fleet, str):  # the default, as text: one parser for both
@@ -319,18 +340,22 @@ async def run(config: UpConfig) -> int:
 
 async def _run(config: UpConfig, stop: asyncio.Event) -> int:
     _say(f"tidepool up: starting the registry (data in {config.data_dir})")
-    registry = await _start_ready("registry", _registry_args(config))
+    etcd = LocalEtcd(
+        Path(str(config.data_dir)) / "etcd", config.etcd_listen, config.etcd_peer_listen
+    )
+    registry, replicas, address = await start_registries(
+        None if config.store == "embedded" else etcd, _registry_args(config), _start_ready
+    )
     engines: list[Child] = []
     scheduler: Child | None = None
     router: Child | None = None
     try:
-        address = registry.fields["grpc"]
         _say(f"registry  grpc={address}  http={registry.fields.get('http')}")
         scheduler = await _start_ready("scheduler", _scheduler_args(address, config))
         _say(f"scheduler role={scheduler.fields.get('role')}  http={scheduler.fields.get('http')}")
         engines = await _start_fleet(config, address)
         ids = [e.fields.get("id", "") for e in engines]
-        await wait_admitted(address, config.admin_token, ids)
+        await wait_admitted(registry.fields["grpc"], config.admin_token, ids)
         router = await _start_ready("router", _router_args(address, config))
         at = router.fields.get("grpc", "?")
         _say(f"router    grpc={at}  http={router.fields.get('http')}")
@@ -343,7 +368,7 @@ async def _run(config: UpConfig, stop: asyncio.Event) -> int:
             "Send gRPC to the router with metadata x-tidepool-alias: zh-public (or en-public). "
             "Ctrl-C stops everything."
         )
-        return await _watch(stop, [registry, scheduler, router], engines)
+        return await _watch(stop, [registry, *replicas, scheduler, router], engines)
     finally:
         if router is not None:
             _say("tidepool up: stopping the router")
@@ -354,6 +379,8 @@ async def _run(config: UpConfig, stop: asyncio.Event) -> int:
         _say("tidepool up: draining engines, then stopping the registry")
         await asyncio.gather(*(e.stop_async(ENGINE_STOP_S) for e in engines))
         await registry.stop_async(10.0)
+        for child in replicas:  # the second replica, then etcd
+            await child.stop_async(10.0)
         _say("tidepool up: stopped")
 
 

@@ -9,7 +9,6 @@ the event loop must never block on disk.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import sqlite3
@@ -17,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from registry.errors import StoreUnavailableError
 from registry.records import (
@@ -27,8 +26,14 @@ from registry.records import (
     RetiredOverrides,
     StoreSnapshot,
     TenantRecord,
-    frozen_labels,
 )
+from registry.store.codec import alias_from_json as _alias_from_json
+from registry.store.codec import alias_to_json, move_to_json, retired_to_json, tenant_to_json
+from registry.store.codec import instance_from_json as _instance_from_json
+from registry.store.codec import instance_to_json as _instance_to_json
+from registry.store.codec import move_from_json as _move_from_json
+from registry.store.codec import retired_from_json as _retired_from_json
+from registry.store.codec import tenant_from_json as _tenant_from_json
 
 T = TypeVar("T")
 FILE_NAME = "registry.sqlite3"
@@ -48,55 +53,6 @@ CREATE TABLE IF NOT EXISTS retired (id TEXT PRIMARY KEY, body TEXT NOT NULL);
 """
 
 
-def _instance_to_json(record: InstanceRecord) -> str:
-    return json.dumps(
-        {
-            "id": record.id,
-            "service": record.service,
-            "address": record.address,
-            "weight": record.weight,
-            "capacity": record.capacity,
-            "engine_labels": dict(record.engine_labels),
-            "registered_at": record.registered_at,
-            "label_overrides": dict(record.label_overrides),
-            "weight_override": record.weight_override,
-            "admin_drained": record.admin_drained,
-            "owner_digest": record.owner_digest,
-        },
-        sort_keys=True,
-    )
-
-
-def _instance_from_json(body: str) -> InstanceRecord:
-    data: dict[str, Any] = json.loads(body)
-    return InstanceRecord(
-        id=data["id"],
-        service=data["service"],
-        address=data["address"],
-        weight=data["weight"],
-        capacity=data["capacity"],
-        engine_labels=frozen_labels(data["engine_labels"]),
-        registered_at=data["registered_at"],
-        label_overrides=dict(data["label_overrides"]),
-        weight_override=data["weight_override"],
-        admin_drained=data["admin_drained"],
-        owner_digest=data.get("owner_digest", ""),
-    )
-
-
-def _alias_from_json(body: str) -> AliasRecord:
-    return AliasRecord(**json.loads(body))
-
-
-def _tenant_from_json(body: str) -> TenantRecord:
-    data = json.loads(body)
-    return TenantRecord(data["tenant"], data["lang"], tuple(data["aliases"]))
-
-
-def _move_from_json(body: str) -> MoveRecord:
-    return MoveRecord(**json.loads(body))
-
-
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -112,17 +68,6 @@ def _write_marker(path: Path) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     temporary.replace(path)
-
-
-def _retired_from_json(body: str) -> RetiredOverrides:
-    data: dict[str, Any] = json.loads(body)
-    return RetiredOverrides(
-        id=data["id"],
-        label_overrides=dict(data["label_overrides"]),
-        weight_override=data["weight_override"],
-        admin_drained=bool(data["admin_drained"]),
-        retired_at=float(data["retired_at"]),
-    )
 
 
 class EmbeddedStore:
@@ -267,18 +212,14 @@ class EmbeddedStore:
         await self._write("DELETE FROM instances WHERE id = ?", (instance_id,))
 
     async def put_alias(self, alias: AliasRecord) -> None:
-        body = json.dumps(
-            {"name": alias.name, "selector": alias.selector, "service": alias.service}
-        )
+        body = alias_to_json(alias)
         await self._write("INSERT OR REPLACE INTO aliases VALUES (?, ?)", (alias.name, body))
 
     async def delete_alias(self, name: str) -> None:
         await self._write("DELETE FROM aliases WHERE name = ?", (name,))
 
     async def put_tenant(self, tenant: TenantRecord) -> None:
-        body = json.dumps(
-            {"tenant": tenant.tenant, "lang": tenant.lang, "aliases": list(tenant.aliases)}
-        )
+        body = tenant_to_json(tenant)
         await self._write(
             "INSERT OR REPLACE INTO tenants VALUES (?, ?, ?)", (tenant.tenant, tenant.lang, body)
         )
@@ -287,14 +228,14 @@ class EmbeddedStore:
         await self._write("DELETE FROM tenants WHERE tenant = ? AND lang = ?", (tenant, lang))
 
     async def put_retired(self, retired: RetiredOverrides) -> None:
-        body = json.dumps(dataclasses.asdict(retired), sort_keys=True)
+        body = retired_to_json(retired)
         await self._write("INSERT OR REPLACE INTO retired VALUES (?, ?)", (retired.id, body))
 
     async def delete_retired(self, instance_id: str) -> None:
         await self._write("DELETE FROM retired WHERE id = ?", (instance_id,))
 
     async def put_move(self, move: MoveRecord) -> None:
-        body = json.dumps(dataclasses.asdict(move), sort_keys=True)
+        body = move_to_json(move)
         await self._write("INSERT OR REPLACE INTO moves VALUES (?, ?)", (move.id, body))
 
     async def delete_move(self, move_id: str) -> None:

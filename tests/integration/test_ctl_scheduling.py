@@ -98,7 +98,7 @@ class Cluster:
                 "--data-dir", str(self.tmp_path / "registry"),
                 "--engine-token", ENGINE_TOKEN, "--read-token", READ_TOKEN,
                 "--admin-token", ADMIN_TOKEN,
-                "--heartbeat-interval", "0.25", "--ttl", "1",
+                "--heartbeat-interval-s", "0.25", "--ttl-s", "1",
             ),
             "tidepool registry ready",
             START_S,

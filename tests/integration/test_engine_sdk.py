@@ -419,7 +419,7 @@ def _registry_args(listen: str, data_dir: Path) -> list[str]:
         "registry.server",
         *("--listen", listen, "--http-listen", "127.0.0.1:0", "--data-dir", str(data_dir)),
         *("--engine-token", TOKEN, "--read-token", "reader", "--admin-token", "admin"),
-        *("--heartbeat-interval", "0.2", "--ttl", "1", "--restart-grace", "5"),
+        *("--heartbeat-interval-s", "0.2", "--ttl-s", "1", "--restart-grace-s", "5"),
     )
 
 
@@ -467,8 +467,8 @@ async def test_engine_reattaches_with_its_id_after_the_registry_restarts(
 async def test_real_registry_directives_reach_the_agent(tmp_path: Path) -> None:
     harness = pytest.importorskip("tests.support.registry_harness")
     settings = {
-        "heartbeat_interval": 0.1,
-        "ttl": 1.0,
+        "heartbeat_interval_s": 0.1,
+        "ttl_s": 1.0,
         "engine_token": TOKEN,
         "admin_token": "a",
         "read_token": "reader",

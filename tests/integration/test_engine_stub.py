@@ -40,8 +40,8 @@ def registry(processes: ProcessSet, tmp_path: Path) -> RunningProcess:
         *("--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"),
         *("--data-dir", str(tmp_path / "registry")),
         *("--engine-token", ENGINE_TOKEN, "--read-token", READ_TOKEN),
-        *("--admin-token", ADMIN_TOKEN, "--heartbeat-interval", "0.2", "--ttl", "2"),
-        "--stall-after",
+        *("--admin-token", ADMIN_TOKEN, "--heartbeat-interval-s", "0.2", "--ttl-s", "2"),
+        "--stall-after-s",
         "1",
     )
     return processes.start(args, REGISTRY_READY, WAIT_S)

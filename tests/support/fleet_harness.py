@@ -140,8 +140,8 @@ class Fleet:
             *("--data-dir", str(self.data_dir)),
             *("--engine-token", ENGINE_TOKEN, "--read-token", READ_TOKEN),
             *("--admin-token", ADMIN_TOKEN),
-            *("--heartbeat-interval", f"{heartbeat_interval_s:g}", "--ttl", f"{ttl_s:g}"),
-            *("--restart-grace", f"{max(ttl_s, 10.0):g}"),
+            *("--heartbeat-interval-s", f"{heartbeat_interval_s:g}", "--ttl-s", f"{ttl_s:g}"),
+            *("--restart-grace-s", f"{max(ttl_s, 10.0):g}"),
             *("--self-preservation-min-instances", "1000"),
         ]
         self.registry = self._start(

@@ -18,7 +18,7 @@ from tidepool.registry.v1 import registry_pb2 as pb
 from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
 from tidepool.runtime.channel import auth_metadata, open_channel
 
-FAST = {"heartbeat_interval": 0.1, "ttl": 0.5, "restart_grace": 0.5}
+FAST = {"heartbeat_interval_s": 0.1, "ttl_s": 0.5, "restart_grace_s": 0.5}
 
 
 @contextlib.asynccontextmanager

@@ -143,7 +143,7 @@ def registry_args(data_dir: Path) -> list[str]:
         *("--data-dir", str(data_dir)),
         # Short beats, a generous TTL and no stall verdict: a test that holds a call
         # hung for a few seconds must not make the registry give up on its engine.
-        *("--heartbeat-interval", "0.5", "--ttl", "5", "--stall-after", "60"),
+        *("--heartbeat-interval-s", "0.5", "--ttl-s", "5", "--stall-after-s", "60"),
     )
 
 

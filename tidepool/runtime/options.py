@@ -121,10 +121,18 @@ class Option:
     help: str
     parse: Callable[[str], Any] = str
     metavar: str | None = None
+    old_names: tuple[str, ...] = ()
+    """Names this setting had before (a renamed flag keeps working for old scripts)."""
 
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+    def old_envs(self) -> tuple[str, ...]:
+        """The environment variables of `old_names` (the new name's prefix, old suffix)."""
+        suffix = self.name.upper()
+        prefix = self.env[: -len(suffix)] if self.env.endswith(suffix) else ""
+        return tuple(prefix + old.upper() for old in self.old_names) if prefix else ()
 
 
 @dataclass(frozen=True)
@@ -136,6 +144,7 @@ class OptionSpec:
     env: str | None = None
     """The whole environment variable name, where it is not the component's prefix + NAME."""
     metavar: str | None = None
+    old_names: tuple[str, ...] = ()
 
 
 OPTION_KEY = "tidepool.option"
@@ -148,9 +157,15 @@ def setting(
     *,
     env: str | None = None,
     metavar: str | None = None,
+    old_names: tuple[str, ...] = (),
 ) -> Any:
-    """A config dataclass field that is also a flag, an environment variable and a config key."""
-    return field(default=default, metadata={OPTION_KEY: OptionSpec(help, parse, env, metavar)})
+    """A config dataclass field that is also a flag, an environment variable and a config key.
+
+    `old_names`: what the setting was called before a rename; the old flag, environment
+    variable and config key are still read (not shown in --help).
+    """
+    spec = OptionSpec(help, parse, env, metavar, old_names)
+    return field(default=default, metadata={OPTION_KEY: spec})
 
 
 def options_for(config: type, env_prefix: str, *, prefix: str = "") -> tuple[Option, ...]:
@@ -166,7 +181,8 @@ def options_for(config: type, env_prefix: str, *, prefix: str = "") -> tuple[Opt
         name = prefix + item.name
         default = None if item.default is MISSING else item.default
         env = spec.env or env_prefix + name.upper()
-        result.append(Option(name, env, default, spec.help, spec.parse, spec.metavar))
+        old = tuple(prefix + o for o in spec.old_names)
+        result.append(Option(name, env, default, spec.help, spec.parse, spec.metavar, old))
     return tuple(result)
 
 
@@ -190,6 +206,10 @@ def add_option(
         metavar=metavar or option.metavar,
         help=f"{option.help} [env {option.env}; default {shown}]",
     )
+    for old in option.old_names:
+        parser.add_argument(
+            "--" + old.replace("_", "-"), dest=option.name, default=None, help=argparse.SUPPRESS
+        )
 
 
 def add_config_file_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -228,28 +248,51 @@ def resolve(
 ) -> dict[str, Any]:
     """Merge flag, environment, config file and default for each option, parsing strings."""
     config_path = getattr(namespace, "config_file", None) or environ.get(CONFIG_ENV)
-    from_file = load_config_file(config_path) if config_path else {}
-    known = {option.name for option in options}
-    unknown = sorted(set(from_file) - known)
-    if unknown:
-        raise ConfigError(f"--config: unknown key {unknown[0]!r} in {config_path!r}")
+    from_file = _file_values(options, config_path)
     values: dict[str, Any] = {}
     for option in options:
-        raw: Any = getattr(namespace, option.name, None)
-        source = option.flag
-        if raw is None and option.env in environ:
-            raw, source = environ[option.env], option.env
-        if raw is None and option.name in from_file:
-            raw, source = from_file[option.name], f"config key {option.name}"
+        raw, source = _given(option, namespace, environ, from_file)
         if raw is None:
             # A textual default goes through the same parser as a given value.
             default = option.default
             values[option.name] = (
                 _parse(option, default, "default") if isinstance(default, str) else default
             )
-            continue
-        values[option.name] = _parse(option, raw, source)
+        else:
+            values[option.name] = _parse(option, raw, source)
     return values
+
+
+def _file_values(options: Sequence[Option], config_path: str | None) -> dict[str, Any]:
+    """The config file's keys, old names mapped to new ones; an unknown key is an error."""
+    from_file = load_config_file(config_path) if config_path else {}
+    known = {option.name for option in options}
+    for option in options:
+        for old in option.old_names:
+            if old in from_file and option.name not in from_file:
+                from_file[option.name] = from_file.pop(old)
+    unknown = sorted(set(from_file) - known)
+    if unknown:
+        raise ConfigError(f"--config: unknown key {unknown[0]!r} in {config_path!r}")
+    return from_file
+
+
+def _given(
+    option: Option,
+    namespace: argparse.Namespace,
+    environ: Mapping[str, str],
+    from_file: Mapping[str, Any],
+) -> tuple[Any, str]:
+    """The value given for `option` and where (flag, environment, file), or (None, "")."""
+    raw: Any = getattr(namespace, option.name, None)
+    if raw is not None:
+        return raw, option.flag
+    for env in (option.env, *option.old_envs()):
+        if env in environ:
+            return environ[env], env
+    if option.name in from_file:
+        return from_file[option.name], f"config key {option.name}"
+    return None, ""
 
 
 def _parse(option: Option, raw: Any, source: str) -> Any:

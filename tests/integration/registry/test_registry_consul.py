@@ -31,9 +31,9 @@ pytestmark = pytest.mark.timeout(30)
 
 ENGINE, READ, ADMIN = "engine-token", "read-token", "admin-token"
 SETTINGS: dict[str, Any] = {
-    "heartbeat_interval": 1.0,
-    "ttl": 30.0,
-    "restart_grace": 30.0,
+    "heartbeat_interval_s": 1.0,
+    "ttl_s": 30.0,
+    "restart_grace_s": 30.0,
     "engine_token": ENGINE,
     "read_token": READ,
     "admin_token": ADMIN,

@@ -67,7 +67,7 @@ def _start_fleet(processes: ProcessSet, data: Path) -> tuple[RunningProcess, lis
             *("--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"),
             *("--data-dir", str(data / "registry")),
             *("--engine-token", ENGINE_TOKEN, "--read-token", READ_TOKEN),
-            *("--admin-token", ADMIN_TOKEN, "--heartbeat-interval", "0.2", "--ttl", "2"),
+            *("--admin-token", ADMIN_TOKEN, "--heartbeat-interval-s", "0.2", "--ttl-s", "2"),
         ),
         "tidepool registry ready",
         START_S,

@@ -17,9 +17,9 @@ pytestmark = pytest.mark.timeout(60)
 
 FLEET = 2 * SNAPSHOT_CHUNK + 37
 SETTINGS = {
-    "heartbeat_interval": 5.0,
-    "ttl": 30.0,
-    "restart_grace": 30.0,
+    "heartbeat_interval_s": 5.0,
+    "ttl_s": 30.0,
+    "restart_grace_s": 30.0,
     "register_rate": 100000.0,
     "register_burst": 100000,
 }

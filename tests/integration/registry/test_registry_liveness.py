@@ -35,7 +35,7 @@ async def test_registered_instance_is_listed_ready_with_its_labels(tmp_path: Pat
 
 async def test_broken_heartbeat_stream_marks_unhealthy_at_once(tmp_path: Path) -> None:
     # A long TTL proves the break, not the lapse, is what marks it unhealthy.
-    settings = {"heartbeat_interval": 1.0, "ttl": 30.0, "restart_grace": 30.0}
+    settings = {"heartbeat_interval_s": 1.0, "ttl_s": 30.0, "restart_grace_s": 30.0}
     async with running_registry(tmp_path, **settings) as server, clients(server) as c:
         await c.registry.Register(registration(9001, instance_id="e-1"))
         engine = RawEngine(c, "e-1")
@@ -88,7 +88,7 @@ async def test_unhealthy_instance_recovers_identity_and_labels(tmp_path: Path) -
 
 
 async def test_instance_with_work_and_no_progress_is_stalled_then_recovers(tmp_path: Path) -> None:
-    settings = {**FAST, "stall_after": 0.3}
+    settings = {**FAST, "stall_after_s": 0.3}
     async with running_registry(tmp_path, **settings) as server, clients(server) as c:
         await c.registry.Register(registration(9001, instance_id="e-1"))
         engine = RawEngine(c, "e-1")

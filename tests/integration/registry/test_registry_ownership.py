@@ -27,7 +27,7 @@ READY = pb.INSTANCE_STATE_READY
 UNHEALTHY = pb.INSTANCE_STATE_UNHEALTHY
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 # A long TTL: only a stream break (a dead owner) frees the id within a test.
-SETTINGS = {"heartbeat_interval": 1.0, "ttl": 30.0, "restart_grace": 30.0}
+SETTINGS = {"heartbeat_interval_s": 1.0, "ttl_s": 30.0, "restart_grace_s": 30.0}
 
 
 async def _listed(c: Clients, instance_id: str) -> pb.Instance:

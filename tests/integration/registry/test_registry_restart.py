@@ -25,9 +25,9 @@ UNKNOWN = pb.INSTANCE_STATE_UNKNOWN
 UNHEALTHY = pb.INSTANCE_STATE_UNHEALTHY
 GRACE_S = 2.0
 LIVENESS = (
-    "--heartbeat-interval", "0.1",
-    "--ttl", "0.5",
-    "--restart-grace", str(GRACE_S),
+    "--heartbeat-interval-s", "0.1",
+    "--ttl-s", "0.5",
+    "--restart-grace-s", str(GRACE_S),
     # Two instances: below this, one lapsing alone is never mistaken for a partition.
     "--self-preservation-min-instances", "3",
 )  # fmt: skip

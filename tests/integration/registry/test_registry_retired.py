@@ -19,7 +19,7 @@ from tidepool.registry.v1 import registry_pb2 as pb
 
 pytestmark = pytest.mark.timeout(30)
 
-SETTINGS = {"heartbeat_interval": 1.0, "ttl": 30.0, "restart_grace": 30.0}
+SETTINGS = {"heartbeat_interval_s": 1.0, "ttl_s": 30.0, "restart_grace_s": 30.0}
 
 
 async def _decide(c: Clients) -> None:
@@ -63,7 +63,7 @@ async def test_decisions_survive_a_registry_restart_between_leaving_and_returnin
 
 
 async def test_decisions_are_forgotten_after_forget_after(tmp_path: Path) -> None:
-    settings = {**SETTINGS, "forget_after": 0.5}
+    settings = {**SETTINGS, "forget_after_s": 0.5}
     async with running_registry(tmp_path, **settings) as server, clients(server) as c:
         await _decide(c)
         left_at = time.time()

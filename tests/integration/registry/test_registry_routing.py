@@ -19,7 +19,7 @@ from tidepool.registry.v1 import registry_pb2 as pb
 
 pytestmark = pytest.mark.timeout(30)
 
-STEADY = {"heartbeat_interval": 1.0, "ttl": 30.0, "restart_grace": 30.0}
+STEADY = {"heartbeat_interval_s": 1.0, "ttl_s": 30.0, "restart_grace_s": 30.0}
 
 
 async def _alias(c: Clients, name: str, selector: str, service: str = "") -> pb.Alias:

@@ -23,7 +23,7 @@ from tidepool.registry.v1 import registry_pb2 as pb
 
 pytestmark = pytest.mark.timeout(30)
 
-STEADY = {"heartbeat_interval": 1.0, "ttl": 30.0, "restart_grace": 30.0}
+STEADY = {"heartbeat_interval_s": 1.0, "ttl_s": 30.0, "restart_grace_s": 30.0}
 ENGINE, READ, ADMIN = "engine-secret", "read-secret", "admin-secret"
 TOKENS = {**STEADY, "engine_token": ENGINE, "read_token": READ, "admin_token": ADMIN}
 SHORT_TTL_S = 0.5

@@ -22,7 +22,7 @@ from tidepool.registry.v1 import registry_pb2 as pb
 
 pytestmark = pytest.mark.timeout(30)
 
-STEADY = {"heartbeat_interval": 1.0, "ttl": 30.0, "restart_grace": 30.0}
+STEADY = {"heartbeat_interval_s": 1.0, "ttl_s": 30.0, "restart_grace_s": 30.0}
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -315,7 +315,7 @@ async def test_registrations_beyond_the_rate_limit_are_resource_exhausted(
 async def test_heartbeat_stream_silent_after_opening_is_deadline_exceeded(
     tmp_path: Path,
 ) -> None:
-    settings = {**STEADY, "first_message_timeout": 0.2}
+    settings = {**STEADY, "first_message_timeout_s": 0.2}
     async with running_registry(tmp_path, **settings) as server, clients(server) as c:
         await c.registry.Register(registration(9001, instance_id="e-1"))
         call = c.registry.Heartbeat()

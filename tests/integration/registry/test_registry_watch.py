@@ -28,7 +28,7 @@ from tidepool.runtime.channel import open_channel
 pytestmark = pytest.mark.timeout(30)
 
 # A long TTL: these tests are about change delivery, not lapses.
-STEADY = {"heartbeat_interval": 1.0, "ttl": 30.0, "restart_grace": 30.0}
+STEADY = {"heartbeat_interval_s": 1.0, "ttl_s": 30.0, "restart_grace_s": 30.0}
 SNAPSHOT = pb.WatchEvent.KIND_SNAPSHOT
 UPSERT = pb.WatchEvent.KIND_UPSERT
 DELETE = pb.WatchEvent.KIND_DELETE

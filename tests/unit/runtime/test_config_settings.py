@@ -7,17 +7,20 @@ from dataclasses import dataclass, fields
 import pytest
 
 from engine_stub.config import EngineStubConfig, FaultConfig
+from registry.config import RegistryConfig
 from router.config import RouterConfig
 from scheduler.config import SchedulerConfig
 from tidepool.runtime.options import OPTION_KEY, options_for, setting, whole
 from tidepool.up import UpConfig
 
-CONFIGS = [EngineStubConfig, FaultConfig, RouterConfig, SchedulerConfig, UpConfig]
+CONFIGS = [EngineStubConfig, FaultConfig, RegistryConfig, RouterConfig, SchedulerConfig, UpConfig]
 NESTED = {(EngineStubConfig, "faults")}
 """Fields that hold another config whose own fields are the options."""
 TIME_WORDS = {"timeout", "interval", "ttl", "grace", "deadline", "latency", "seconds", "delay"}
 TIME_WORDS |= {"window", "hold", "load", "after", "idle", "age"}
-"""A float field whose name has one of these words is a duration: it must end in `_s`."""
+"""A float field whose name has one of these words is a duration: it must end in `_s`..."""
+NOT_TIME = ("_percentile", "_margin", "_percent", "_ratio", "_threshold", "_bytes", "_rate")
+"""...unless its name ends in another unit (`attempt_timeout_margin` is a factor)."""
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.__name__)
@@ -36,6 +39,7 @@ def test_time_fields_say_their_unit(config: type) -> None:
         f.name
         for f in fields(config)
         if TIME_WORDS & set(f.name.split("_"))
+        and not f.name.endswith(NOT_TIME)
         and not f.name.endswith("_s")
         and f.type in ("float", float)
     ]

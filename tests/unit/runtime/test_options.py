@@ -22,15 +22,34 @@ def _parse(argv: list[str]) -> object:
     return parser.parse_args(argv)
 
 
-def test_flag_beats_environment_beats_file_beats_default(tmp_path: Path) -> None:
+def test_renamed_settings_are_read_under_their_new_names(tmp_path: Path) -> None:
+    config_file = tmp_path / "registry.toml"
+    config_file.write_text("stall_after_s = 20\n")
+    env = {"TIDEPOOL_REGISTRY_HEARTBEAT_INTERVAL_S": "2"}
+    values = resolve(OPTIONS, _parse(["--ttl-s", "9", "--config", str(config_file)]), env)  # type: ignore[arg-type]
+    assert (values["ttl_s"], values["heartbeat_interval_s"], values["stall_after_s"]) == (9, 2, 20)
+
+
+def test_old_names_are_not_shown_in_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _parse(["--help"])
+    shown = capsys.readouterr().out
+    assert "--ttl-s" in shown
+    assert "--ttl " not in shown
+    assert "--heartbeat-interval " not in shown
+
+
+def test_old_names_still_work_flag_beats_environment_beats_file_beats_default(
+    tmp_path: Path,
+) -> None:
     config_file = tmp_path / "registry.toml"
     config_file.write_text("ttl = 7.0\nheartbeat-interval = 2.0\nstall_after = 20\n")
     env = {"TIDEPOOL_REGISTRY_TTL": "8", "TIDEPOOL_REGISTRY_HEARTBEAT_INTERVAL": "3"}
     values = resolve(OPTIONS, _parse(["--ttl", "9", "--config", str(config_file)]), env)  # type: ignore[arg-type]
-    assert values["ttl"] == 9.0  # flag
-    assert values["heartbeat_interval"] == 3.0  # environment over file
-    assert values["stall_after"] == 20.0  # file over default
-    assert values["forget_after"] == 300.0  # default
+    assert values["ttl_s"] == 9.0  # flag
+    assert values["heartbeat_interval_s"] == 3.0  # environment over file
+    assert values["stall_after_s"] == 20.0  # file over default
+    assert values["forget_after_s"] == 300.0  # default
 
 
 def test_config_file_from_environment_variable(tmp_path: Path) -> None:
@@ -58,8 +77,8 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_ttl_shorter_than_two_heartbeats_is_refused() -> None:
-    with pytest.raises(ConfigError, match="--ttl must be at least twice"):
-        RegistryConfig(heartbeat_interval=1.0, ttl=1.5)
+    with pytest.raises(ConfigError, match="--ttl-s must be at least twice"):
+        RegistryConfig(heartbeat_interval_s=1.0, ttl_s=1.5)
 
 
 def test_tls_needs_both_certificate_and_key() -> None:
