@@ -122,7 +122,7 @@ class EtcdCluster:
             state,
             "--initial-cluster-token",
             self.token,
-            "--heartbeat-interval-s",
+            "--heartbeat-interval",
             str(HEARTBEAT_MS),
             "--election-timeout",
             str(ELECTION_MS),
