@@ -1,4 +1,4 @@
-"""Router capacity: CPU per unary request, throughput per core, next to nginx grpc_pass.
+"""Router capacity: CPU per call, throughput per core, next to nginx grpc_pass and HAProxy.
 
 Latency hides capacity until the machine runs out, and on a shared 2-core box
 it runs out for everyone at once. CPU seconds per request do not: the router's
@@ -6,24 +6,32 @@ own user + system time (from /proc, summed over the workers of `--processes N`)
 divided by the requests it carried, over the exact sending window of a steady
 open-loop load. Its inverse is the throughput one core could carry. The engines
 answer at once and the load generator runs in its own processes, so what is
-metered is the proxy. nginx `grpc_pass` to the same engines under the same load,
-interleaved with the routers and repeated, gives the yardstick and the ratio.
+metered is the proxy. nginx `grpc_pass` and HAProxy (`loadtest.haproxy`: one
+thread, `proto h2`, `http-reuse always`) to the same engines under the same load,
+interleaved with the routers and repeated, give the yardsticks and the ratios.
 Both data paths (`--data-paths relay,grpc`) run side by side in the same run,
-a router each per `--processes` value.
+a router each per `--processes` value; `--baseline-tree DIR` adds the same
+routers run from another checkout (a `git worktree` of the commit before a
+change), so "before" and "after" are measured side by side too. `--call stream`
+sends client-streaming calls of `--chunks` messages instead of unary ones.
 A rate ramp then shows where latency blows up (on this machine, usually where
 the whole box saturates, generator and engines included). `--profile` samples
 each path's first router with py-spy during a steady run (`loadtest.profiling`).
 
     .venv/bin/python -m loadtest.router_capacity --profile --json capacity.json
+    .venv/bin/python -m loadtest.router_capacity --repeats 3 --processes-list 1 --ramp '' \
+        --baseline-tree /tmp/base --call stream --chunks 10
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
+import os
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +41,7 @@ import httpx
 from loadtest.bench import stop_signals
 from loadtest.children import ChildError, Children
 from loadtest.generator import run_load
+from loadtest.haproxy import find_haproxy, start_haproxy
 from loadtest.nginx import find_nginx, start_nginx
 from loadtest.profiling import profile_cprofile, profile_lines, profile_py_spy
 from loadtest.report import render_table, say
@@ -60,6 +69,10 @@ BLOWN_P99_FACTOR, BLOWN_P99_FLOOR_MS = 10.0, 50.0
 """A ramp step has blown up when its p99 passes 10x the first step's and 50 ms ..."""
 BLOWN_OK_SHARE = 0.95
 """... or fewer than 95 % of the offered requests came back OK per second."""
+TARGET_VS_NGINX = 1.5
+"""Issue #13: the relay's CPU per call at most 1.5x nginx's in the same run."""
+YARDSTICKS = ("nginx", "haproxy")
+CALLS = ("unary", "stream")
 
 
 @dataclass
@@ -71,8 +84,10 @@ class Target:
     pids: list[int]
     processes: int
     data_path: str
-    """relay or grpc; nginx for nginx."""
+    """relay or grpc; nginx or haproxy for those."""
     router: RouterProc | None = None
+    tree: str = ""
+    """"base" for a router run from `--baseline-tree`, "" for this checkout's."""
 
 
 @dataclass
@@ -107,6 +122,8 @@ async def measure_run(target: Target, rate: float, duration_s: float, args: Any)
         rate_per_s=rate,
         processes=args.gen_processes,
         channels=args.channels,
+        mix={args.call: 1.0},
+        chunks=args.chunks,
     )
     async with CpuTrace(target.pids) as trace:
         result = await asyncio.to_thread(run_load, config)
@@ -126,30 +143,68 @@ async def measure_run(target: Target, rate: float, duration_s: float, args: Any)
 # --- the run ----------------------------------------------------------------------------
 
 
-async def start_targets(fleet: Fleet, args: Any) -> tuple[list[Target], str]:
-    """A router per data path and `--processes` value (interleaved), then nginx."""
+@contextlib.contextmanager
+def _tree(path: str) -> Iterator[None]:
+    """Processes started meanwhile import tidepool from the checkout at `path`, not from
+    their working directory: PYTHONSAFEPATH (3.11) drops the cwd from sys.path, PYTHONPATH
+    puts `path` first, and both reach a router group's workers, which inherit them."""
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    os.environ.update(PYTHONPATH=path, PYTHONSAFEPATH="1")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+async def start_routers(fleet: Fleet, args: Any) -> list[Target]:
+    """A router per data path and `--processes` value, and the same from `--baseline-tree`."""
     targets = []
+    trees = [("", None), *([("base", args.baseline_tree)] if args.baseline_tree else [])]
     for n in args.processes_list:
-        for path in args.data_paths:
-            router = await fleet.start_router(f"{path}-p{n}", data_path=path, processes=n)
-            await fleet.wait_routable(router)
-            targets.append(Target(router.name, router.grpc, router.pids, n, path, router))
-    nginx_note = "skipped (--no-nginx)"
-    if not args.no_nginx:
-        binary, why = await asyncio.to_thread(find_nginx)
-        nginx_note = f"nginx {why}"
-        if binary is not None:
-            address = f"127.0.0.1:{free_port()}"
-            upstreams = [(a, 100) for a in fleet.engine_addresses]
-            try:
-                nginx = await start_nginx(fleet.children, binary, fleet.work, address, upstreams)
-                targets.append(Target("nginx", nginx.address, nginx.pids(), 1, "nginx"))
-            except ChildError as exc:
-                nginx_note = f"nginx could not be started, its column is skipped: {exc}"
-        else:
-            nginx_note = f"nginx is not available, its column is skipped: {why}"
-    say(nginx_note)
-    return targets, nginx_note
+        for tree, path in trees:
+            for data_path in args.data_paths:
+                name = f"{tree + '-' if tree else ''}{data_path}-p{n}"
+                with _tree(path) if path else contextlib.nullcontext():
+                    router = await fleet.start_router(name, data_path=data_path, processes=n)
+                await fleet.wait_routable(router)
+                targets.append(
+                    Target(name, router.grpc, router.pids, n, data_path, router, tree)
+                )  # fmt: skip
+    return targets
+
+
+async def start_yardstick(fleet: Fleet, kind: str) -> tuple[Target | None, str]:
+    """nginx or HAProxy in front of the engines, or None and why its column is skipped."""
+    find, start = (find_nginx, start_nginx) if kind == "nginx" else (find_haproxy, start_haproxy)
+    binary, why = await asyncio.to_thread(find)
+    if binary is None:
+        return None, f"{kind} is not available, its column is skipped: {why}"
+    address = f"127.0.0.1:{free_port()}"
+    upstreams = [(a, 100) for a in fleet.engine_addresses]
+    try:
+        proxy = await start(fleet.children, binary, fleet.work, address, upstreams)
+    except ChildError as exc:
+        return None, f"{kind} could not be started, its column is skipped: {exc}"
+    return Target(kind, proxy.address, proxy.pids(), 1, kind), f"{kind} {why}"
+
+
+async def start_targets(fleet: Fleet, args: Any) -> tuple[list[Target], str]:
+    """The routers (interleaved), then nginx and HAProxy unless switched off."""
+    targets = await start_routers(fleet, args)
+    notes = []
+    for kind in YARDSTICKS:
+        if getattr(args, f"no_{kind}"):
+            notes.append(f"{kind} skipped (--no-{kind})")
+            continue
+        target, note = await start_yardstick(fleet, kind)
+        targets += [target] if target is not None else []
+        notes.append(note)
+    say("; ".join(notes))
+    return targets, "; ".join(notes)
 
 
 async def ramp(target: Target, args: Any) -> list[dict[str, Any]]:
@@ -216,6 +271,9 @@ async def measure(args: argparse.Namespace, children: Children, work: Path) -> d
     return {
         "router_counters": counters,
         "nginx": nginx_note,
+        "call": args.call,
+        "chunks": args.chunks,
+        "baseline_tree": args.baseline_tree,
         "engines": fleet.engine_addresses,
         "steady": steady_summary(targets, runs),
         "ramps": ramps,
@@ -224,22 +282,28 @@ async def measure(args: argparse.Namespace, children: Children, work: Path) -> d
 
 
 def steady_summary(targets: Sequence[Target], runs: Sequence[Run]) -> list[dict[str, Any]]:
-    """Per target: median CPU per request over the repeats, its spread, and vs nginx."""
-    nginx = [r.summary()["cpu_us_per_request"] for r in runs if r.target == "nginx"]
+    """Per target: median CPU per request over the repeats, its spread, and the median of
+    its per-repeat ratios to nginx and to HAProxy (each repeat against the same repeat's)."""
+    yardsticks = {
+        kind: [r.summary()["cpu_us_per_request"] for r in runs if r.target == kind]
+        for kind in YARDSTICKS
+    }
     out = []
     for target in targets:
         mine = [r.summary() for r in runs if r.target == target.name]
         us = [s["cpu_us_per_request"] for s in mine]
         median = statistics.median(us)
-        ratios = [u / n for u, n in zip(us, nginx, strict=False) if n > 0]
-        out.append({
-            "target": target.name, "data_path": target.data_path,
+        row: dict[str, Any] = {
+            "target": target.name, "data_path": target.data_path, "tree": target.tree,
             "processes": target.processes,
             "cpu_us_per_request": median, "cpu_us_min": min(us), "cpu_us_max": max(us),
-            "per_core_per_s": round(1e6 / median) if median > 0 else None,
-            "vs_nginx": round(statistics.median(ratios), 2) if ratios else None,
-            "vs_nginx_by_repeat": [round(x, 2) for x in ratios], "runs": mine,
-        })  # fmt: skip
+            "per_core_per_s": round(1e6 / median) if median > 0 else None, "runs": mine,
+        }  # fmt: skip
+        for kind, theirs in yardsticks.items():
+            ratios = [u / n for u, n in zip(us, theirs, strict=False) if n > 0]
+            row[f"vs_{kind}"] = round(statistics.median(ratios), 2) if ratios else None
+            row[f"vs_{kind}_by_repeat"] = [round(x, 2) for x in ratios]
+        out.append(row)
     return out
 
 
@@ -256,11 +320,18 @@ def summary(result: dict[str, Any]) -> str:
                                                                "p99_ms")),
             sum(r["late"] for r in runs), sum(sum(r["not_ok"].values()) for r in runs),
             t["cpu_us_per_request"], f"{t['cpu_us_min']:.0f}..{t['cpu_us_max']:.0f}",
-            t["per_core_per_s"] or math.nan, math.nan if t["vs_nginx"] is None else t["vs_nginx"],
+            t["per_core_per_s"] or math.nan,
+            *(math.nan if t[f"vs_{k}"] is None else t[f"vs_{k}"] for k in YARDSTICKS),
         ])  # fmt: skip
     headers = ["target", "path", "procs", "offered/s", "achieved/s", "p50 ms", "p99 ms", "late",
-               "not OK", "CPU µs/req", "spread", "req/s per core", "x nginx"]  # fmt: skip
-    title = "router capacity (CPU per unary 1 KiB Evaluate; engines answer at once)"
+               "not OK", "CPU µs/call", "spread", "calls/s per core", "x nginx",
+               "x haproxy"]  # fmt: skip
+    call = result.get("call", "unary")
+    shape = (
+        "unary 1 KiB Evaluate" if call == "unary"
+        else f"client-streaming EvaluateStream, 1 KiB in {result.get('chunks')} chunks"
+    )  # fmt: skip
+    title = f"router capacity (CPU per call, {shape}; engines answer at once)"
     lines = [
         *header_lines(title, result), result["nginx"], "", render_table(headers, rows), "",
         *_path_lines(result["steady"]), *_ramp_lines(result["ramps"]),
@@ -272,12 +343,21 @@ def summary(result: dict[str, Any]) -> str:
 
 
 def _path_lines(steady: Sequence[dict[str, Any]]) -> list[str]:
-    """The grpc path's CPU per request over the relay's, at each --processes value."""
-    by = {(t["data_path"], t["processes"]): t["cpu_us_per_request"] for t in steady}
+    """The grpc path's CPU per request over the relay's, at each --processes value, and each
+    router's over the same router run from `--baseline-tree` (after / before)."""
+    by = {(t["data_path"], t["processes"]): t["cpu_us_per_request"] for t in steady
+          if not t.get("tree")}  # fmt: skip
+    base = {(t["data_path"], t["processes"]): t["cpu_us_per_request"] for t in steady
+            if t.get("tree") == "base"}  # fmt: skip
     lines = [
         f"grpc path / relay path, CPU per request at --processes {n}: {us / by[('relay', n)]:.2f}x"
         for (path, n), us in by.items()
         if path == "grpc" and by.get(("relay", n))
+    ]
+    lines += [
+        f"{path}-p{n}: this tree / --baseline-tree, CPU per call: {us / base[(path, n)]:.2f}x"
+        for (path, n), us in by.items()
+        if base.get((path, n))
     ]
     return [*lines, ""] if lines else []
 
@@ -303,13 +383,17 @@ def _ramp_lines(ramps: dict[str, list[dict[str, Any]]]) -> list[str]:
 def _verdict(steady: Sequence[dict[str, Any]]) -> list[str]:
     lines = []
     for t in steady:
-        if t["data_path"] != "nginx":
+        if t["data_path"] not in YARDSTICKS:
             us = t["cpu_us_per_request"]
             met = "MET" if us <= TARGET_US else "MISSED"
-            lines.append(
-                f"{t['target']}: {us:.0f} µs/req vs target {TARGET_US:.0f}: {met}; stretch "
+            line = (
+                f"{t['target']}: {us:.0f} µs/call vs target {TARGET_US:.0f}: {met}; stretch "
                 f"{STRETCH_US:.0f}: {'met' if us <= STRETCH_US else 'not met'}"
             )
+            if t.get("vs_nginx") is not None:
+                ok = "MET" if t["vs_nginx"] <= TARGET_VS_NGINX else "MISSED"
+                line += f"; {t['vs_nginx']:.2f}x nginx vs target {TARGET_VS_NGINX:g}x: {ok}"
+            lines.append(line)
     return lines + problems(steady, "target")
 
 
@@ -326,11 +410,15 @@ FLAGS: tuple[Flag, ...] = (
     ("--ramp", numbers(float, "--ramp"), [400.0, 800.0, 1200.0, 1600.0, 2000.0],
      "ramp rates per router, /s ('' for none)"),
     ("--ramp-seconds", float, 4.0, "seconds per ramp step"),
+    ("--call", str, "unary", f"call kind sent in the steady runs: {' or '.join(CALLS)}"),
+    ("--chunks", int, 10, "messages per client-streaming call (--call stream)"),
+    ("--baseline-tree", str, "", "another checkout whose routers run beside these (before)"),
 )  # fmt: skip
 SWITCHES = (
     ("--profile", "profile each data path's first router (py-spy, else cProfile)"),
     ("--profile-native", "py-spy --native: C frames too (pauses the router per sample)"),
     ("--no-nginx", "do not run nginx"),
+    ("--no-haproxy", "do not run HAProxy"),
 )
 
 
@@ -339,6 +427,13 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--repeats, --engines, --gen-processes and --channels must be >= 1"
     if args.rate <= 0 or args.duration <= 0 or args.ramp_seconds <= 0 or not args.processes_list:
         return "--rate, --duration, --ramp-seconds must be > 0; --processes-list not empty"
+    if args.call not in CALLS or args.chunks < 1:
+        return f"--call must be one of {', '.join(CALLS)}; --chunks must be >= 1"
+    tree = args.baseline_tree
+    if tree and not (Path(tree) / "tidepool" / "__main__.py").is_file():
+        return f"--baseline-tree {tree!r}: no tidepool checkout there (tidepool/__main__.py)"
+    if tree:
+        args.baseline_tree = str(Path(tree).resolve())
     return None
 
 

@@ -27,6 +27,7 @@ from router.relay.stream import CONNECTION_LOST, Flusher, Stream, StreamHandler
 __all__ = ["CONNECTION_LOST", "Connection", "Flusher", "Stream", "StreamHandler"]
 
 log = logging.getLogger(__name__)
+_monotonic = time.monotonic
 
 
 class Connection(asyncio.Protocol):
@@ -62,6 +63,8 @@ class Connection(asyncio.Protocol):
         self.on_new_stream: Callable[[Stream, list[Header], bool], None] | None = None
         self.on_closed: Callable[[Connection], None] | None = None
         self._deferred: list[Callable[[], None]] = []
+        self._marked = False
+        """Handed to the flusher since the last flush (it flushes each once)."""
         self._delivering = False
 
     def _new_stream(self, stream_id: int, send_window: int, recv_window: int) -> Stream:
@@ -93,8 +96,10 @@ class Connection(asyncio.Protocol):
         self.flusher.flush()
 
     def data_received(self, data: bytes) -> None:
+        flusher = self.flusher
+        flusher.held = True  # flushed below, at the end of this read
         try:
-            self.core.receive(data, time.monotonic())
+            self.core.receive(data, _monotonic())
             self._deliver()
         except Exception:  # a bug must cost one connection, never the process
             log.exception("relay: unexpected error on an HTTP/2 connection")
@@ -107,7 +112,7 @@ class Connection(asyncio.Protocol):
         if not self.closing:
             for action in deferred:
                 action()
-        self.flusher.flush()
+        flusher.flush()
 
     def pause_writing(self) -> None:
         self.core.pause()
@@ -127,36 +132,37 @@ class Connection(asyncio.Protocol):
         """
         if self._delivering:
             return
-        self._delivering = True
-        events = self.core.events
-        index = 0
-        try:
-            while index < len(events):
-                event = events[index]
-                index += 1
-                if type(event) is ev.DataReceived:
-                    event.stream.handler.on_data(event.stream, event.data, event.end)
-                elif type(event) is ev.DataSent:
-                    event.stream.handler.on_sent(event.stream, event.length)
-                elif type(event) is ev.HeadersReceived:
-                    event.stream.handler.on_headers(event.stream, event.headers, event.end)
-                elif type(event) is ev.RequestReceived:
-                    if self.on_new_stream is not None:
-                        self.on_new_stream(event.stream, event.headers, event.end)
-                elif type(event) is ev.StreamReset:
-                    event.stream.handler.on_reset(event.stream, event.code, event.unprocessed)
-                elif type(event) is ev.Refused:
-                    self.refused(event.reason)
-                elif type(event) is ev.ConnectionTerminated:
-                    log.info("relay: closing an HTTP/2 connection: %s", event.message)
-                    self.close()
-        finally:
-            events.clear()
-            self._delivering = False
-        if self.core.has_output and not self.closed:
+        core = self.core
+        events = core.events
+        if events:
+            self._delivering = True
+            try:
+                for event in events:  # a list iterator also sees what handlers append
+                    if type(event) is ev.DataReceived:
+                        event.stream.handler.on_data(event.stream, event.data, event.end)
+                    elif type(event) is ev.DataSent:
+                        event.stream.handler.on_sent(event.stream, event.length)
+                    elif type(event) is ev.HeadersReceived:
+                        event.stream.handler.on_headers(event.stream, event.headers, event.end)
+                    elif type(event) is ev.RequestReceived:
+                        if self.on_new_stream is not None:
+                            self.on_new_stream(event.stream, event.headers, event.end)
+                    elif type(event) is ev.StreamReset:
+                        event.stream.handler.on_reset(event.stream, event.code, event.unprocessed)
+                    elif type(event) is ev.Refused:
+                        self.refused(event.reason)
+                    elif type(event) is ev.ConnectionTerminated:
+                        log.info("relay: closing an HTTP/2 connection: %s", event.message)
+                        self.close()
+            finally:
+                events.clear()
+                self._delivering = False
+        if core.out_size and not self._marked and not self.closed:  # out_size: has_output
+            self._marked = True
             self.flusher.mark(self)
-        if self.core.wants_close and not self.closing:
-            self.close()
+        if (core.goaway_sent or core.goaway_received is not None) and not self.closing:
+            if core.wants_close:
+                self.close()
 
     def refused(self, reason: str) -> None:
         if self.on_refused is not None:
@@ -175,26 +181,31 @@ class Connection(asyncio.Protocol):
 
     def send_headers(self, stream: Stream, block: bytes, end: bool) -> None:
         self.core.send_headers(stream, block, end)
-        self._deliver()
+        if not self._delivering:  # else the running delivery sees to it
+            self._deliver()
 
     def send_data(self, stream: Stream, data: bytes, end: bool) -> None:
         """Send now what the windows allow; the rest waits. `on_sent` reports what went."""
         self.core.send_data(stream, data, end)
-        self._deliver()
+        if not self._delivering:  # else the running delivery sees to it
+            self._deliver()
 
     def credit(self, stream: Stream, length: int) -> None:
         """`length` received bytes were handed on: reopen the windows (in batches)."""
         self.core.credit(stream, length)
-        self._deliver()
+        if not self._delivering:  # else the running delivery sees to it
+            self._deliver()
 
     def reset(self, stream: Stream, code: int) -> None:
         """RST_STREAM ours: the stream is gone on both sides; its queue is dropped."""
         self.core.reset(stream, code)
-        self._deliver()
+        if not self._delivering:  # else the running delivery sees to it
+            self._deliver()
 
     # ---- the connection -----------------------------------------------------------------
 
     def flush(self) -> None:
+        self._marked = False
         core = self.core
         if core.has_output and self.transport is not None and not self.closed:
             self.transport.write(core.data_to_send())

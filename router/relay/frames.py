@@ -90,6 +90,7 @@ def parse_frames(buffer: bytes, max_frame_size: int) -> tuple[list[Frame], int]:
 
     A frame longer than `max_frame_size` (what we advertised) is a connection
     error: waiting for the rest of it would let a peer make us buffer 16 MiB.
+    The core (`h2core.connection`) runs the same loop inline, with no tuple per frame.
     """
     frames: list[Frame] = []
     pos = 0
@@ -105,6 +106,30 @@ def parse_frames(buffer: bytes, max_frame_size: int) -> tuple[list[Frame], int]:
         frames.append(Frame(kind, flags, stream_id & MAX_STREAM_ID, buffer[pos + 9 : stop]))
         pos = stop
     return frames, pos
+
+
+def after_preface(buffer: bytes) -> bytes | None:
+    """`buffer` past a client's connection preface; None while it is not all here yet."""
+    if len(buffer) < len(PREFACE):
+        if not PREFACE.startswith(buffer):
+            raise ProtocolError(PROTOCOL_ERROR, "not an HTTP/2 preface")
+        return None
+    if not buffer.startswith(PREFACE):
+        raise ProtocolError(PROTOCOL_ERROR, "not an HTTP/2 preface")
+    return buffer[len(PREFACE) :]
+
+
+def costs_work(kind: int, flags: int, payload: bytes) -> bool:
+    """A frame that asks work of us without carrying a request: what a flood is made of."""
+    if kind in (SETTINGS, PING):
+        return not flags & ACK
+    if kind == PRIORITY:
+        return True
+    if kind == DATA:
+        return not payload and not flags & END_STREAM
+    if kind == CONTINUATION:
+        return not payload and not flags & END_HEADERS
+    return False
 
 
 def strip_padding(payload: bytes, flags: int, kind: int) -> bytes:
@@ -232,6 +257,19 @@ _CACHE_LIMIT = 4096
 _cache: dict[Header, bytes] = {}
 
 
+class HeaderList(list[Header]):
+    """A decoded header list that comes back whenever its block repeats (the HPACK
+    decoder's block cache, `h2core.hpack_decoder`), so what is derived from it is
+    worked out once and kept in `memo` (its encoding here, the parsed request in
+    `grpcwire`). Read-only by convention: every call that sent the block shares it."""
+
+    __slots__ = ("memo",)
+
+    def __init__(self, headers: Iterable[Header] = ()) -> None:
+        super().__init__(headers)
+        self.memo: dict[str, object] = {}
+
+
 def hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
     """An HPACK integer (RFC 7541 §5.1) in a `prefix_bits` prefix, OR-ed with `first`."""
     limit = (1 << prefix_bits) - 1
@@ -251,8 +289,27 @@ def encode_header(name: bytes, value: bytes) -> bytes:
     return b"\x00" + hpack_int(len(name), 7) + name + hpack_int(len(value), 7) + value
 
 
+_TIMEOUT_FIELD = encode_header(b"grpc-timeout", b"")[:-1]
+"""A grpc-timeout field up to its value's length (a value is at most 9 bytes: one length byte)."""
+
+
+def grpc_timeout_field(seconds: float) -> bytes:
+    """The grpc-timeout header field for `seconds`, encoded (see `format_grpc_timeout`)."""
+    value = format_grpc_timeout(seconds)
+    return _TIMEOUT_FIELD + bytes((len(value),)) + value
+
+
 def encode_headers(headers: Iterable[Header]) -> bytes:
     """A header block that leaves every HPACK dynamic table untouched."""
+    if type(headers) is HeaderList:
+        block = headers.memo.get("encoded")
+        if block is None:
+            block = headers.memo["encoded"] = _encode_headers(headers)
+        return block  # type: ignore[return-value]
+    return _encode_headers(headers)
+
+
+def _encode_headers(headers: Iterable[Header]) -> bytes:
     out = []
     for pair in headers:
         encoded = _cache.get(pair)

@@ -2,15 +2,18 @@
 
 The relay never decodes a message; it only reads each one's 5-byte prefix
 (compressed flag, 32-bit length) as DATA passes, to enforce the size limit
-before a byte of an oversized message is forwarded.
+before a byte of an oversized message is forwarded. A request header list that
+repeats (`frames.HeaderList`) is checked and parsed once, its result kept in it.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from router.relay import frames as f
-from router.relay.frames import Header
+from router.relay.frames import Header, HeaderList
 from router.table import ALIAS_KEY, LANG_KEY, TENANT_KEY
 
 PREFIX_SIZE = 5
@@ -44,10 +47,25 @@ def status_block(code: grpc.StatusCode, message: str, trailers_only: bool) -> by
     return f.encode_headers(status)
 
 
-def parse_request(
-    headers: list[Header],
-) -> tuple[bytes | None, str | None, str | None, str | None, float | None, list[Header]]:
+Request = tuple[bytes | None, str | None, str | None, str | None, float | None, list[Header]]
+
+
+def parse_request(headers: list[Header]) -> Request:
     """:path, alias, tenant, lang, grpc-timeout, and the headers to send on (no timeout)."""
+    if type(headers) is HeaderList:
+        return _memo(headers, "request", _parse_request)  # type: ignore[no-any-return]
+    return _parse_request(headers)
+
+
+def _memo(headers: HeaderList, key: str, work: Any) -> Any:
+    memo = headers.memo
+    if key in memo:
+        return memo[key]
+    found = memo[key] = work(headers)
+    return found
+
+
+def _parse_request(headers: list[Header]) -> Request:
     path = alias = tenant = lang = None
     timeout: float | None = None
     forward: list[Header] = []
@@ -66,7 +84,8 @@ def parse_request(
         elif key == _LANG:
             lang = value.decode(errors="replace")
         forward.append((key, value))
-    return path, alias, tenant, lang, timeout, forward
+    # A HeaderList, so its encoding is kept with it too (`frames.encode_headers`).
+    return path, alias, tenant, lang, timeout, HeaderList(forward)
 
 
 _REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
@@ -75,8 +94,15 @@ _CONNECTION_SPECIFIC = frozenset(
 )
 
 
-def check_request(headers: list[Header]) -> tuple[str, str] | None:  # noqa: C901 - a rule a line
-    """Why a request's header block is refused: ("malformed" | "content_type", message), or None.
+def check_request(headers: list[Header]) -> tuple[str, str] | None:
+    """Why a request's header block is refused: ("malformed" | "content_type", message), or None."""
+    if type(headers) is HeaderList:
+        return _memo(headers, "problem", _check_request)  # type: ignore[no-any-return]
+    return _check_request(headers)
+
+
+def _check_request(headers: list[Header]) -> tuple[str, str] | None:  # noqa: C901 - a rule a line
+    """Why a request's header block is refused.
 
     RFC 9113 §8.1.1 and §8.3.1 (pseudo-headers once each, first, only the request
     ones; lowercase names; no connection-specific fields; `te` only "trailers")
@@ -150,6 +176,13 @@ class MessageMeter:
     def feed(self, data: bytes) -> int | None:
         """Walk `data`; the length of the first message over the limit, or None."""
         pos, size = 0, len(data)
+        if not self.left and not self.partial and size >= PREFIX_SIZE:  # at a message start
+            length = int.from_bytes(data[1:PREFIX_SIZE], "big")
+            if length > self.limit:
+                return length
+            if size - PREFIX_SIZE <= length:  # the usual case: one message, in this frame or on
+                self.left = length - (size - PREFIX_SIZE)
+                return None
         while pos < size:
             if self.left:
                 step = min(self.left, size - pos)

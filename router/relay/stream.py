@@ -84,20 +84,37 @@ class Stream(H2Stream):
 
 
 class Flusher:
-    """Writes every connection's pending frames once per event-loop turn."""
+    """Writes every connection's pending frames once per event-loop turn.
+
+    Why `held`: a socket read flushes on its own once handled (`Connection.data_received`),
+    so marks made meanwhile need no loop callback; and the loop is looked up once, not
+    per mark (`get_running_loop` costs a getpid system call on some Pythons).
+    """
 
     def __init__(self) -> None:
         self._dirty: set[Flushable] = set()
         self._scheduled = False
+        self.held = False
+        """A read is being handled: it flushes when done, so `mark` schedules nothing."""
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def mark(self, conn: Flushable) -> None:
         self._dirty.add(conn)
-        if not self._scheduled:
+        if not self._scheduled and not self.held:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._scheduled = False
+        self.flush()
 
     def flush(self) -> None:
-        self._scheduled = False
+        self.held = False
+        if not self._dirty:
+            return
         dirty, self._dirty = self._dirty, set()
         for conn in dirty:
             conn.flush()

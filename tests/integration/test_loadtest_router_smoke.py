@@ -1,12 +1,14 @@
 """Smoke runs of the router benchmarks with tiny durations: they finish, clean up, report sanely.
 
-No nginx needed (`--no-nginx`); the pure helpers behind the nginx column and the
-profile are checked without starting anything.
+No nginx needed (`--no-nginx`, `--no-haproxy`); the pure helpers behind the nginx
+and HAProxy columns and the profile are checked without starting anything, and
+HAProxy itself runs once where it is installed.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from loadtest.haproxy import haproxy_config
 from loadtest.nginx import nginx_config
 from loadtest.profiling import areas, own_and_total
 from loadtest.router_fleet import counter_rises
@@ -69,7 +72,7 @@ def test_capacity_meters_each_data_path_cpu_per_request(tmp_path: Path) -> None:
         tmp_path,
         *("--engines", "1", "--rate", "200", "--duration", "0.5", "--repeats", "1"),
         *("--processes-list", "1", "--ramp", "", "--warmup", "0", "--no-nginx"),
-        *("--gen-processes", "1", "--channels", "1"),
+        *("--gen-processes", "1", "--channels", "1", "--no-haproxy"),
     )
     assert [(s["target"], s["data_path"]) for s in result["steady"]] == [
         ("relay-p1", "relay"),
@@ -82,7 +85,7 @@ def test_capacity_meters_each_data_path_cpu_per_request(tmp_path: Path) -> None:
         # Any Python gRPC proxy spends more than 20 µs and less than a second per request.
         assert 20 < steady["cpu_us_per_request"] < 1_000_000
         assert steady["vs_nginx"] is None
-    assert "req/s per core" in stdout
+    assert "calls/s per core" in stdout
     assert "grpc path / relay path" in stdout
 
 
@@ -93,6 +96,41 @@ def test_nginx_config_passes_grpc_to_every_engine_by_weight(tmp_path: Path) -> N
     assert "server 127.0.0.1:1 weight=100;" in text
     assert "server 127.0.0.1:2 weight=60;" in text
     assert f"pid {tmp_path}/nginx.pid;" in text
+
+
+def test_haproxy_config_is_one_thread_h2_both_ways_and_reuses_connections(
+    tmp_path: Path,
+) -> None:
+    text = haproxy_config(tmp_path, "127.0.0.1:9000", [("127.0.0.1:1", 100), ("127.0.0.1:2", 60)])
+    assert "nbthread 1" in text
+    assert "bind 127.0.0.1:9000 proto h2" in text
+    assert "http-reuse always" in text
+    assert "server engine0 127.0.0.1:1 proto h2 weight 100" in text
+    assert "server engine1 127.0.0.1:2 proto h2 weight 60" in text
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
+def test_capacity_meters_client_streams_beside_haproxy_and_a_baseline_tree(
+    tmp_path: Path,
+) -> None:
+    result, stdout = _result(
+        "loadtest.router_capacity",
+        tmp_path,
+        *("--engines", "1", "--rate", "100", "--duration", "0.5", "--repeats", "1"),
+        *("--processes-list", "1", "--ramp", "", "--warmup", "0", "--no-nginx"),
+        *("--gen-processes", "1", "--channels", "1", "--data-paths", "relay"),
+        *("--call", "stream", "--chunks", "3", "--baseline-tree", str(ROOT)),
+    )
+    assert [(s["target"], s["tree"]) for s in result["steady"]] == [
+        ("relay-p1", ""), ("base-relay-p1", "base"), ("haproxy", ""),
+    ]  # fmt: skip
+    for steady in result["steady"]:
+        (run,) = steady["runs"]
+        assert run["sent"] > 0
+        assert run["not_ok"] == {}
+        assert "vs_haproxy" in steady  # a value once HAProxy's CPU reaches a clock tick
+    assert "client-streaming EvaluateStream, 1 KiB in 3 chunks" in stdout
+    assert "relay-p1: this tree / --baseline-tree" in stdout
 
 
 def test_profile_counts_own_time_by_leaf_and_total_by_any_frame() -> None:

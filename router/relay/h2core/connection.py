@@ -13,21 +13,24 @@ after it nothing more is read or written.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import Generic, TypeVar
-
-from hpack import Decoder
-from hpack.exceptions import HPACKError
 
 from router.relay import frames as f
 from router.relay.frames import Header, PeerSettings, ProtocolError, Settings
 from router.relay.h2core import events as ev
 from router.relay.h2core.flow import RecvWindow, SendWindow
+from router.relay.h2core.hpack_decoder import HpackDecoder
 from router.relay.h2core.state import ClosedStreams, Closure, StreamState
 from router.relay.h2core.stream import H2Stream
 from router.relay.limits import RateBudget, RelayLimits
 
 S = TypeVar("S", bound=H2Stream)
+_unpack_header = f.HEADER.unpack_from
+_unpack_u32 = struct.Struct(">L").unpack
+_pack_header = f.HEADER.pack
+_PAD_OR_PRIORITY = f.PADDED | f.PRIORITY_FLAG
 _CLOSED = StreamState.CLOSED
 _HALF_LOCAL = StreamState.HALF_CLOSED_LOCAL
 _HALF_REMOTE = StreamState.HALF_CLOSED_REMOTE
@@ -61,7 +64,7 @@ class H2Connection(Generic[S]):
         self.peer = PeerSettings()
         self.send_window = SendWindow(f.DEFAULT_WINDOW)
         self.recv_window = RecvWindow(max(settings.connection_window, f.DEFAULT_WINDOW))
-        self.decoder = Decoder(max_header_list_size=settings.max_header_list_size)
+        self.decoder = HpackDecoder(settings.max_header_list_size)
         self.credit_on_receipt = client_side
         """Engine connections return connection window as DATA arrives, so one stalled
         caller holds only its own stream's window, never the window every caller shares."""
@@ -70,6 +73,8 @@ class H2Connection(Generic[S]):
         self.made_at = self.idle_since = self.last_received = now
         self.handshaken = client_side
         """A caller's connection: once its preface and first SETTINGS arrived."""
+        self._plain = client_side
+        """Handshaken and no header block open: DATA, HEADERS, WINDOW_UPDATE go the short way."""
         self.ping_sent: float | None = None
         """When our keepalive PING went out, until its ACK."""
         self.next_stream_id = 1
@@ -96,8 +101,9 @@ class H2Connection(Generic[S]):
     def initiate(self) -> None:
         """Our side of the handshake: the preface (client side) and our SETTINGS."""
         if self.client_side:
-            self._out.append(f.PREFACE)
-        self._out.extend(self.settings.frames(self.client_side))
+            self._write(f.PREFACE)
+        for frame in self.settings.frames(self.client_side):
+            self._write(frame)
 
     def data_to_send(self) -> bytes:
         """Every frame queued since the last call, as one buffer."""
@@ -108,7 +114,7 @@ class H2Connection(Generic[S]):
 
     @property
     def has_output(self) -> bool:
-        return bool(self._out)
+        return bool(self._out)  # and so is `out_size`: every frame written counts there
 
     def _write(self, data: bytes) -> None:
         self._out.append(data)
@@ -139,31 +145,50 @@ class H2Connection(Generic[S]):
     def _receive(self, data: bytes, now: float) -> None:
         buffer = self._buffer + data if self._buffer else data
         if self._preface_pending:
-            if len(buffer) < len(f.PREFACE):
-                if not f.PREFACE.startswith(buffer):
-                    raise ProtocolError(f.PROTOCOL_ERROR, "not an HTTP/2 preface")
+            rest = f.after_preface(buffer)
+            if rest is None:
                 self._buffer = buffer
                 return
-            if not buffer.startswith(f.PREFACE):
-                raise ProtocolError(f.PROTOCOL_ERROR, "not an HTTP/2 preface")
-            buffer = buffer[len(f.PREFACE) :]
             self._preface_pending = False
-        parsed, used = f.parse_frames(buffer, self.settings.max_frame_size)
-        self._buffer = buffer[used:]
-        for item in parsed:
-            if self.terminated:
-                return
-            self._dispatch(item, now)
+            buffer = rest
+        # The frame loop of `frames.parse_frames`, inline: no list and no tuple per frame.
+        pos, end, limit, unpack = 0, len(buffer), self.settings.max_frame_size, _unpack_header
+        try:
+            while end - pos >= f.HEADER_SIZE:
+                hi, lo, kind, flags, sid = unpack(buffer, pos)
+                length = (hi << 8) | lo
+                if length > limit:
+                    raise ProtocolError(f.FRAME_SIZE_ERROR, f"frame of {length} bytes > {limit}")
+                start = pos + f.HEADER_SIZE
+                if start + length > end:
+                    break
+                pos = start + length
+                payload = buffer[start:pos]
+                sid &= f.MAX_STREAM_ID
+                if kind == f.DATA and self._plain and (payload or flags & f.END_STREAM):
+                    self._on_data(sid, flags, payload)  # an empty one is a control frame
+                elif kind == f.HEADERS and self._plain:
+                    self._on_headers(sid, flags, payload)
+                elif kind == f.WINDOW_UPDATE and self._plain:  # never costs work (a flood)
+                    self._on_window_update(sid, payload)
+                else:
+                    self._dispatch(kind, flags, sid, payload, now)
+                if self.terminated:
+                    return
+        finally:
+            self._buffer = buffer[pos:]
 
-    def _dispatch(self, item: f.Frame, now: float) -> None:  # noqa: C901 - a branch per type
-        kind, flags, sid, payload = item
+    def _dispatch(  # noqa: C901 - a branch per type
+        self, kind: int, flags: int, sid: int, payload: bytes, now: float
+    ) -> None:
+        """Every frame the loop in `_receive` does not hand on directly."""
         if self._block is not None and kind != f.CONTINUATION:
             raise ProtocolError(f.PROTOCOL_ERROR, "header block interrupted")
         if not self.handshaken:
             if kind != f.SETTINGS or flags & f.ACK:
                 raise ProtocolError(f.PROTOCOL_ERROR, "the first frame must be SETTINGS")
-            self.handshaken = True
-        costly = (kind > f.HEADERS or not payload) and _costs_work(kind, flags, payload)
+            self.handshaken = self._plain = True
+        costly = (kind > f.HEADERS or not payload) and f.costs_work(kind, flags, payload)
         if costly and not self._control.spend(now):  # DATA, HEADERS: no call
             raise ProtocolError(f.ENHANCE_YOUR_CALM, "too many control frames", "control_flood")
         if kind == f.DATA:
@@ -203,16 +228,21 @@ class H2Connection(Generic[S]):
                 self._credit_connection(len(payload))  # nobody will hand these bytes on
             self._late_frame(sid, stream, "DATA")
             return
-        stream.recv.receive(len(payload))
-        data = f.strip_padding(payload, flags, f.DATA)
-        if len(data) != len(payload):
+        recv = stream.recv
+        if len(payload) <= recv.available:  # `RecvWindow.receive`, inline: once per DATA
+            recv.available -= len(payload)
+        else:
+            recv.receive(len(payload))
+        data = payload
+        if flags & f.PADDED:
+            data = f.strip_padding(payload, flags, f.DATA)
             self.credit(stream, len(payload) - len(data))
         end = bool(flags & f.END_STREAM)
         if end:
             stream.state = _CLOSED if stream.state is _HALF_LOCAL else _HALF_REMOTE
         self.events.append(ev.DataReceived(stream, data, end))
-        if end:
-            self._maybe_forget(stream)
+        if end and stream.state is _CLOSED and not stream.queue:  # `_maybe_forget`, inline
+            self._close(stream, Closure.ENDED)
 
     def _late_frame(self, sid: int, stream: S | None, what: str) -> None:
         """A frame on a stream the peer already ended or that is gone (RFC 9113 §5.1)."""
@@ -239,11 +269,12 @@ class H2Connection(Generic[S]):
     def _on_headers(self, sid: int, flags: int, payload: bytes) -> None:
         if not sid:
             raise ProtocolError(f.PROTOCOL_ERROR, "HEADERS on stream 0")
-        block = f.strip_padding(payload, flags, f.HEADERS)
+        block = f.strip_padding(payload, flags, f.HEADERS) if flags & _PAD_OR_PRIORITY else payload
         if flags & f.END_HEADERS:
             self._on_block(sid, flags, block)
         else:
             self._block = (sid, flags, bytearray(block))
+            self._plain = False
 
     def _on_continuation(self, sid: int, flags: int, payload: bytes) -> None:
         if self._block is None or self._block[0] != sid:
@@ -255,21 +286,19 @@ class H2Connection(Generic[S]):
         if flags & f.END_HEADERS:
             first_flags = self._block[1]  # END_STREAM rides on the HEADERS frame
             self._block = None
+            self._plain = True
             self._on_block(sid, first_flags, bytes(block))
 
     def _on_block(self, sid: int, flags: int, block: bytes) -> None:
-        try:  # always decode: the HPACK table must follow every block
-            headers: list[Header] = self.decoder.decode(block, raw=True)  # type: ignore[assignment]
-        except HPACKError as error:
-            raise ProtocolError(f.COMPRESSION_ERROR, f"bad header block: {error}") from None
+        headers = self.decoder.decode(block)  # always: the HPACK table must follow every block
         end = bool(flags & f.END_STREAM)
         stream = self.streams.get(sid)
         if stream is not None and stream.state is not _HALF_REMOTE:
             if end:
                 stream.state = _CLOSED if stream.state is _HALF_LOCAL else _HALF_REMOTE
             self.events.append(ev.HeadersReceived(stream, headers, end))
-            if end:
-                self._maybe_forget(stream)
+            if end and stream.state is _CLOSED and not stream.queue:  # `_maybe_forget`
+                self._close(stream, Closure.ENDED)
         elif stream is None and not self.client_side and sid > self.last_peer_stream:
             self._open_peer_stream(sid, headers, end)
         else:
@@ -291,10 +320,11 @@ class H2Connection(Generic[S]):
     def _on_window_update(self, sid: int, payload: bytes) -> None:
         if len(payload) != 4:
             raise ProtocolError(f.FRAME_SIZE_ERROR, "bad WINDOW_UPDATE")
-        increment = f.read_u32(payload) & f.MAX_WINDOW
+        increment = _unpack_u32(payload)[0] & f.MAX_WINDOW
         if not sid:
             self.send_window.grant(increment)
-            self._drain_all()
+            if self._blocked:
+                self._drain_all()
             return
         stream = self.streams.get(sid)
         if stream is not None:
@@ -302,7 +332,8 @@ class H2Connection(Generic[S]):
                 self._stream_error(stream, f.PROTOCOL_ERROR)
                 return
             stream.send.grant(increment)
-            self._drain(stream)
+            if stream.queue:  # an empty queue has nothing to send, nor to forget
+                self._drain(stream)
         elif self._idle(sid):
             raise ProtocolError(f.PROTOCOL_ERROR, f"WINDOW_UPDATE on idle stream {sid}")
 
@@ -386,8 +417,15 @@ class H2Connection(Generic[S]):
             self._write_headers(stream, block, end)
 
     def _write_headers(self, stream: S, block: bytes, end: bool) -> None:
-        for frame in f.header_frames(stream.id, block, end, self.peer.max_frame):
-            self._write(frame)
+        size = len(block)
+        if size <= self.peer.max_frame:  # the usual case: one HEADERS frame
+            flags = f.END_HEADERS | f.END_STREAM if end else f.END_HEADERS
+            self._out.append(_pack_header(size >> 8, size & 0xFF, f.HEADERS, flags, stream.id))
+            self._out.append(block)
+            self.out_size += size + f.HEADER_SIZE
+        else:
+            for frame in f.header_frames(stream.id, block, end, self.peer.max_frame):
+                self._write(frame)
         if end:
             stream.state = _CLOSED if stream.state is _HALF_REMOTE else _HALF_LOCAL
             self._maybe_forget(stream)
@@ -398,8 +436,22 @@ class H2Connection(Generic[S]):
         """Send now what the windows allow; the rest waits. `DataSent` reports what went."""
         if self.terminated or self.streams.get(stream.id) is not stream:
             return
-        stream.queue.append((f.DATA, data, end))
-        if len(stream.queue) == 1:
+        queue = stream.queue
+        size = len(data)
+        if (  # the usual case, without queueing: nothing waits and everything fits
+            not queue
+            and size <= self.send_window.available
+            and size <= stream.send.available
+            and size <= self.peer.max_frame
+            and not self.paused
+            and self.out_size < self.limits.connection_buffer_bytes
+        ):
+            self._put_data(stream, data, size, end)
+            if end:
+                self._maybe_forget(stream)
+            return
+        queue.append((f.DATA, data, end))
+        if len(queue) == 1:
             self._drain(stream)
 
     def pause(self) -> None:
@@ -441,30 +493,43 @@ class H2Connection(Generic[S]):
                 payload, size, end = payload[:room], room, False
             else:
                 queue.pop(0)
-            self.send_window.available -= size
-            stream.send.available -= size
-            self._out.append(f.data_header(size, f.END_STREAM if end else 0, stream.id))
-            self._out.append(payload)
-            self.out_size += size + f.HEADER_SIZE
-            self.events.append(ev.DataSent(stream, size))
-            if end:
-                stream.state = _CLOSED if stream.state is _HALF_REMOTE else _HALF_LOCAL
+            self._put_data(stream, payload, size, end)
         self._blocked.pop(stream.id, None)
         self._maybe_forget(stream)
+
+    def _put_data(self, stream: S, payload: bytes, size: int, end: bool) -> None:
+        """One DATA frame out, inside both windows (the caller checked)."""
+        self.send_window.available -= size
+        stream.send.available -= size
+        out = self._out
+        out.append(_pack_header(size >> 8, size & 0xFF, f.DATA, end, stream.id))  # END_STREAM: 1
+        out.append(payload)
+        self.out_size += size + f.HEADER_SIZE
+        self.events.append(ev.DataSent(stream, size))
+        if end:
+            stream.state = _CLOSED if stream.state is _HALF_REMOTE else _HALF_LOCAL
 
     def credit(self, stream: S, length: int) -> None:
         """`length` received bytes were handed on: reopen the windows (in batches)."""
         if length <= 0 or self.terminated:
             return
         if stream.state is not _HALF_REMOTE and self.streams.get(stream.id) is stream:
-            increment = stream.recv.release(length, self.grow_to)
-            if increment:
-                self._write(f.window_update(stream.id, increment))
+            recv = stream.recv
+            if recv.pending + length < recv.threshold:  # short of a batch (`release`, inline)
+                recv.pending += length
+            else:
+                increment = recv.release(length, self.grow_to)
+                if increment:
+                    self._write(f.window_update(stream.id, increment))
         if not self.credit_on_receipt:
             self._credit_connection(length)
 
     def _credit_connection(self, length: int) -> None:
-        increment = self.recv_window.release(length)
+        window = self.recv_window
+        if window.pending + length < window.threshold:  # short of a batch (`release`, inline)
+            window.pending += length
+            return
+        increment = window.release(length)
         if increment:
             self._write(f.window_update(0, increment))
 
@@ -527,16 +592,3 @@ class H2Connection(Generic[S]):
             late = now - self.made_at >= limits.handshake_timeout_s
             return "handshake_timeout" if late else None
         return "idle_timeout" if now - self.idle_since >= limits.idle_timeout_s else None
-
-
-def _costs_work(kind: int, flags: int, payload: bytes) -> bool:
-    """A frame that asks work of us without carrying a request: what a flood is made of."""
-    if kind in (f.SETTINGS, f.PING):
-        return not flags & f.ACK
-    if kind == f.PRIORITY:
-        return True
-    if kind == f.DATA:
-        return not payload and not flags & f.END_STREAM
-    if kind == f.CONTINUATION:
-        return not payload and not flags & f.END_HEADERS
-    return False
