@@ -40,6 +40,26 @@ def engine_channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+KEEPALIVE_TIME_MS = 1_000
+"""With calls in flight, PING the engine this often (`keepalive_options`)."""
+
+
+def keepalive_options(timeout_s: float) -> list[tuple[str, int]]:
+    """Fail a channel's connection whose engine leaves a PING unanswered for `timeout_s`
+    (a frozen engine): its calls end UNAVAILABLE "ping timeout", which the forwarder
+    retries elsewhere when safe. Why two PINGs without data at most: a grpc server
+    counts PINGs that come while it sends nothing as strikes and drops the connection
+    (GOAWAY too_many_pings) at the third, which would cost a slow call its connection."""
+    timeout_ms = max(1, round(timeout_s * 1000))
+    return [
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", timeout_ms),
+        # grpc-core times the keepalive PING by this one (60 s by default), not the above.
+        ("grpc.http2.ping_timeout_ms", timeout_ms),
+        ("grpc.http2.max_pings_without_data", 2),
+    ]
+
+
 class ChannelPool:
     """Channels by engine address, with unary and stream multicallables cached per method."""
 
@@ -49,8 +69,13 @@ class ChannelPool:
         *,
         root_certificates: bytes | None = None,
         server_name: str | None = None,
+        keepalive_timeout_s: float | None = None,
     ) -> None:
         self._options: list[tuple[str, Any]] = [*engine_channel_options(max_message_bytes)]
+        if keepalive_timeout_s is not None:  # grpc takes an option's first value: replace
+            keepalive = keepalive_options(keepalive_timeout_s)
+            names = {name for name, _ in keepalive}
+            self._options = [o for o in self._options if o[0] not in names] + keepalive
         self._credentials: grpc.ChannelCredentials | None = None
         if root_certificates is not None:
             self._credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)

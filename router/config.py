@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from router.attempt_timeout import AttemptTimeoutConfig
 from router.balancer import PICKER_KINDS, PickerKind
 from router.outlier import OutlierConfig
 from router.proxy import DEFAULT_UNARY_METHODS
@@ -202,6 +203,44 @@ class RouterConfig:
         100, "relay: streams on one engine connection before another is opened", whole(1, 1_000_000)
     )
     """Relay: streams on one engine connection before another is opened."""
+    attempt_timeout_percentile: float = setting(
+        99.0,
+        "attempt timeout: this percentile of the engine's recent latency, times the margin",
+        number(0, 100, above=True),
+    )
+    """An idempotent call's attempt that waits past its engine's attempt timeout is tried
+    on another engine (see `router.attempt_timeout`); the percentile of recent latency."""
+    attempt_timeout_margin: float = setting(
+        2.0, "attempt timeout: the percentile times this", number(1)
+    )
+    """The attempt timeout is the percentile times this margin (within min and max)."""
+    attempt_timeout_min_s: float = setting(
+        0.1, "attempt timeout: never shorter than this", number(0, above=True)
+    )
+    """Floor of the attempt timeout."""
+    attempt_timeout_max_s: float = setting(
+        10.0, "attempt timeout: never longer (and the figure for an engine not yet seen)",
+        number(0, above=True),
+    )  # fmt: skip
+    """Ceiling of the attempt timeout, also used while too few latencies are known."""
+    consecutive_timeouts: int = setting(
+        3, "attempt timeouts in a row, the engine silent meanwhile, that eject it (0: never)",
+        whole(0, 1000),
+    )  # fmt: skip
+    """Attempt timeouts in a row with no answer from the engine in between that eject it."""
+    engine_ping_after_s: float = setting(
+        0.5,
+        "relay: PING an engine connection with calls in flight after this long silent",
+        number(0, above=True),
+    )
+    """Relay: an engine connection with calls in flight that heard nothing this long is PINGed."""
+    engine_ping_timeout_s: float = setting(
+        1.0,
+        "PING ACK wait before an engine connection with calls in flight is failed",
+        number(0, above=True),
+    )
+    """Relay: no PING ACK this long and a busy engine connection is failed (its calls retried,
+    the engine ejected); grpc path: the channel's keepalive timeout."""
 
     def __post_init__(self) -> None:
         """The checks across fields (each field's own rule is its option's parser)."""
@@ -213,6 +252,11 @@ class RouterConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             given = "--tls-cert" if self.tls_cert is not None else "--tls-key"
             raise ConfigError(f"--tls-cert: --tls-cert and --tls-key go together, got only {given}")
+        if self.attempt_timeout_max_s < self.attempt_timeout_min_s:
+            raise ConfigError(
+                f"--attempt-timeout-max-s: must be at least --attempt-timeout-min-s "
+                f"({self.attempt_timeout_min_s:g}), got {self.attempt_timeout_max_s:g}"
+            )
         if self.engine_server_name is not None and self.engine_ca is None:
             raise ConfigError(
                 f"--engine-server-name: needs --engine-ca, got {self.engine_server_name!r} alone"
@@ -225,11 +269,20 @@ class RouterConfig:
             max_ejection_s=self.ejection_max_s,
             max_ejection_percent=self.max_ejection_percent,
             panic_threshold_percent=self.panic_threshold_percent,
+            consecutive_timeouts=self.consecutive_timeouts,
         )
         return TableConfig(balancer=self.balancer, slow_start=slow, outlier=outlier)
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(self.max_attempts, self.idempotent_methods)
+
+    def attempt_timeouts(self) -> AttemptTimeoutConfig:
+        return AttemptTimeoutConfig(
+            percentile=self.attempt_timeout_percentile,
+            margin=self.attempt_timeout_margin,
+            min_s=self.attempt_timeout_min_s,
+            max_s=self.attempt_timeout_max_s,
+        )
 
     def stream_timeouts(self) -> StreamTimeouts:
         return StreamTimeouts(self.stream_first_response_s, self.stream_idle_s)
@@ -248,6 +301,18 @@ FLAG_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("balancing", ("balancer", "slow_start_s", "panic_threshold_percent")),
     ("ejection", ("max_ejection_percent", "ejection_base_s", "ejection_max_s")),
     ("retries", ("max_attempts", "retry_budget_percent", "idempotent_methods")),
+    (
+        "frozen engines",
+        (
+            "attempt_timeout_percentile",
+            "attempt_timeout_margin",
+            "attempt_timeout_min_s",
+            "attempt_timeout_max_s",
+            "consecutive_timeouts",
+            "engine_ping_after_s",
+            "engine_ping_timeout_s",
+        ),
+    ),
     ("deadlines", ("default_deadline_s", "stream_first_response_s", "stream_idle_s")),
     ("TLS", ("tls_cert", "tls_key", "engine_ca", "engine_server_name")),
     ("process", ("processes", "share_port", "log_level")),
@@ -279,6 +344,9 @@ METAVARS: dict[str, str] = {
     "http_listen": "HOST:PORT",
     "max_attempts": "N",
     "processes": "N",
+    "consecutive_timeouts": "N",
+    "attempt_timeout_percentile": "PERCENTILE",
+    "attempt_timeout_margin": "FACTOR",
 }
 METAVAR_SUFFIXES: tuple[tuple[tuple[str, ...], str], ...] = (
     (("_per_s",), "RATE"),

@@ -12,14 +12,17 @@ first call: the relay takes `ssl.SSLContext`s, the grpc.aio path the PEM bytes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from router.attempt_timeout import AttemptTimeouts
 from router.channels import ChannelPool
 from router.config import RouterConfig
 from router.forward import Forwarder
 from router.metrics import RouterMetrics
+from router.relay.upstream import probe
 from router.retry import RetryBudget
 from router.table import RoutingTable
 from router.watcher import RegistryWatcher
@@ -63,6 +66,7 @@ class RouterCore:
     engine_tls: EngineTls | None = None
 
     async def close(self) -> None:
+        await self.forwarder.close()
         await self.channels.close()
 
 
@@ -76,6 +80,7 @@ def build_core(config: RouterConfig, metrics: RouterMetrics | None = None) -> Ro
         config.max_message_bytes,
         root_certificates=engine_tls.roots if engine_tls else None,
         server_name=engine_tls.server_name if engine_tls else None,
+        keepalive_timeout_s=config.engine_ping_timeout_s,
     )
     forwarder = Forwarder(
         table,
@@ -83,12 +88,20 @@ def build_core(config: RouterConfig, metrics: RouterMetrics | None = None) -> Ro
         config.retry_policy(),
         RetryBudget(ratio=config.retry_budget_percent / 100),
         metrics,
+        timeouts=AttemptTimeouts(config.attempt_timeouts()),
+    )
+    forwarder.prober = functools.partial(
+        probe,
+        timeout_s=config.engine_ping_timeout_s,
+        tls=engine_tls.context if engine_tls else None,
+        server_name=engine_tls.server_name if engine_tls else None,
     )
     view_ready = asyncio.Event()
 
     def on_change() -> None:
         channels.retain(table.addresses())
         metrics.retain(table.instance_ids() | watcher.view.instances.keys())
+        forwarder.retain(table.instance_ids() | watcher.view.instances.keys(), table.addresses())
         view_ready.set()
 
     ca = read_file(config.registry_ca, "--registry-ca") if config.registry_ca else None

@@ -65,14 +65,17 @@ def endpoints_view(
     *,
     now: float,
     wall_now: float,
+    attempts: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The document for `details` (already filtered); `errors` is alias -> engine -> count."""
+    """The document for `details` (already filtered); `errors` is alias -> engine -> count;
+    `attempts` is engine -> its attempt timeout and counts (`Forwarder.attempt_view`)."""
     window = details[0].window_s if details else 0
     clock = _Clock(now, wall_now)
+    extra = attempts or {}
     return {
         "window_s": window,
         "aliases": [
-            _pool(d, instances, in_flight, errors.get(d.alias, {}), last_errors, clock)
+            _pool(d, instances, in_flight, errors.get(d.alias, {}), last_errors, clock, extra)
             for d in details
         ],
     }
@@ -103,6 +106,7 @@ def _pool(
     errors: Mapping[str, int],
     last_errors: Mapping[str, tuple[str, float]],
     clock: _Clock,
+    attempts: Mapping[str, Mapping[str, Any]],
 ) -> dict[str, Any]:
     configured, received = detail.configured, detail.received
     rows = []
@@ -113,6 +117,7 @@ def _pool(
         row["picks"] = detail.picks.get(endpoint.id, 0)
         row["configured_share"] = round(configured.get(endpoint.id, 0.0), SHARE_DIGITS)
         row["received_share"] = round(received.get(endpoint.id, 0.0), SHARE_DIGITS)
+        row.update(attempts.get(endpoint.id, {}))
         rows.append(row)
     return {
         "alias": detail.alias,

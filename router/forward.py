@@ -3,25 +3,49 @@
 Shared by the proxy and the in-process client, so both balance, eject and retry
 the same way, by `retry.decide` and a `timers.Deadline` (which the relay uses
 too). Bytes in, bytes out: nothing here decodes a message.
+
+Frozen engines (a stuck kernel, a paused VM, SIGSTOP) raise no error: their
+calls just never answer. Each attempt of an idempotent method therefore has an
+attempt timeout learnt from the engine's own recent latency
+(`router.attempt_timeout`); past it, a second attempt is *hedged* on another
+engine (both run, the first answer wins, the loser is cancelled), if the retry
+budget allows; otherwise the call keeps waiting, so a slow fleet never turns
+into errors or a retry storm. Timeouts with no answer from the engine in
+between eject it (`OutlierDetector.report_timeout`). The relay asks the same
+questions through the methods here (`attempt_timeout_s`, `observe`,
+`attempt_timed_out`, `may_hedge`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
 
+from router.attempt_timeout import AttemptTimeouts
 from router.channels import ChannelPool
 from router.endpoint import Endpoint
 from router.metadata import Metadata, answer_metadata
-from router.retry import Failure, RetryBudget, RetryPolicy, Verdict, classify, decide
+from router.retry import (
+    Failure,
+    RetryBudget,
+    RetryPolicy,
+    Verdict,
+    classify,
+    decide,
+    may_hedge,
+)
 from router.table import RoutingTable
-from router.timers import Deadline
+from router.timers import Deadline, LoopTimers, Timer
 
 _NONE: frozenset[str] = frozenset()
+PROBE_INTERVAL_S = 0.25
+"""Between probes of an engine ejected as silent (each waits up to the PING timeout)."""
 
 
 class ForwardMetrics(Protocol):
@@ -34,6 +58,14 @@ class ForwardMetrics(Protocol):
     def failed(self, code: str) -> None: ...
 
     def called(self, method: str, seconds: float) -> None: ...
+
+    def attempt_timed_out(self, alias: str, instance: str) -> None: ...
+
+    def hedged(self, alias: str) -> None: ...
+
+    def hedge_won(self, alias: str) -> None: ...
+
+    def ping_failed(self) -> None: ...
 
 
 class _NoMetrics:
@@ -50,6 +82,18 @@ class _NoMetrics:
         pass
 
     def called(self, method: str, seconds: float) -> None:
+        pass
+
+    def attempt_timed_out(self, alias: str, instance: str) -> None:
+        pass
+
+    def hedged(self, alias: str) -> None:
+        pass
+
+    def hedge_won(self, alias: str) -> None:
+        pass
+
+    def ping_failed(self) -> None:
         pass
 
 
@@ -73,6 +117,17 @@ class ForwardError(Exception):
         """The engine's initial metadata, when it sent some but no message."""
 
 
+@dataclass(slots=True)
+class AttemptCounts:
+    """One engine's attempt timeouts and hedges, for `GET /v1/endpoints`."""
+
+    attempt_timeouts: int = 0
+    hedges: int = 0
+    """Hedges started because an attempt on this engine ran past its timeout."""
+    hedge_wins: int = 0
+    """Hedges sent to this engine that answered first."""
+
+
 @dataclass(frozen=True, slots=True)
 class UnaryAnswer:
     response: bytes
@@ -83,7 +138,7 @@ class UnaryAnswer:
 
 
 class Forwarder:
-    """Pick, call, classify, eject, retry: the request path of the router."""
+    """Pick, call, classify, eject, retry, hedge: the request path of the router."""
 
     def __init__(
         self,
@@ -93,13 +148,27 @@ class Forwarder:
         budget: RetryBudget | None = None,
         metrics: ForwardMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        timeouts: AttemptTimeouts | None = None,
     ) -> None:
         self.table = table
         self.channels = channels
         self.policy = policy or RetryPolicy()
         self.budget = budget or RetryBudget()
         self.metrics: ForwardMetrics = metrics or _NoMetrics()
-        self._clock = clock
+        self.clock = clock
+        self.timeouts = timeouts or AttemptTimeouts()
+        self.answered_at: dict[str, float] = {}
+        """When each engine last answered an attempt (anything, errors included)."""
+        self.answered_begun: dict[str, float] = {}
+        """The latest start among the attempts each engine answered."""
+        self.counts: dict[str, AttemptCounts] = {}
+        self.ping_failures: dict[str, int] = {}
+        """Engine connections failed for want of a PING ACK, by engine address (relay)."""
+        self._timers: LoopTimers | None = None
+        self.prober: Callable[[str], Awaitable[bool]] | None = None
+        """Asks an engine at an address whether it answers (`router.relay.upstream.probe`)."""
+        self.probe_interval_s = PROBE_INTERVAL_S
+        self._probes: dict[str, asyncio.Task[None]] = {}
 
     def pick(self, aliases: tuple[str, ...], exclude: frozenset[str]) -> tuple[str, Endpoint]:
         picked = self.table.pick(aliases, exclude)
@@ -135,6 +204,140 @@ class Forwarder:
         self.metrics.retried(alias, failure.value)
         return True
 
+    # ---- attempt timeouts and hedges (both data paths) ---------------------------------
+
+    def attempt_timeout_s(self, method: str, engine_id: str, now: float) -> float | None:
+        """How long an attempt of `method` on the engine may wait for its first answer
+        before another engine is tried; None: no attempt timeout (not idempotent)."""
+        if method not in self.policy.idempotent_methods:
+            return None
+        return self.timeouts.timeout_s(engine_id, now)
+
+    def observe(self, engine_id: str, latency_s: float, now: float) -> None:
+        """The engine answered an attempt (its first response) after `latency_s`."""
+        self.timeouts.observe(engine_id, latency_s, now)
+        self.answered_at[engine_id] = now
+        begun = now - latency_s
+        if begun > self.answered_begun.get(engine_id, -math.inf):
+            self.answered_begun[engine_id] = begun
+
+    def attempt_timed_out(
+        self, alias: str, engine_id: str, started: float, address: str = ""
+    ) -> None:
+        """An attempt begun at `started` ran past its timeout: count it, and eject the
+        engine after consecutive ones if it answered nothing at all meanwhile while
+        other engines answered attempts begun after this one. Why the second half:
+        when the whole fleet slows down at once (a heavier model, a burst), its
+        answers are to calls older than the timed-out attempt, and ejecting anyone
+        would only crowd the rest; a frozen engine is overtaken by its peers."""
+        self.metrics.attempt_timed_out(alias, engine_id)
+        self._counts(engine_id).attempt_timeouts += 1
+        answered = self.answered_at.get(engine_id, -math.inf)
+        if (
+            answered < started
+            and self.overtaken(engine_id, started)
+            and self.table.report_timeout(alias, engine_id, answered)
+        ):
+            self.watch_silent(address, alias, engine_id)
+
+    def overtaken(self, engine_id: str, started: float) -> bool:
+        """Whether another engine answered an attempt begun after `started` (asked once
+        per attempt timeout: a pass over the engines is cheap enough)."""
+        return any(b > started for other, b in self.answered_begun.items() if other != engine_id)
+
+    def may_hedge(
+        self,
+        method: str,
+        alias: str,
+        slow_id: str,
+        attempts: int,
+        time_left: float,
+        replayable: bool,
+    ) -> bool:
+        """Whether another attempt may start beside (relay: instead of) one on `slow_id`
+        that ran past its timeout; it is taken from the retry budget. False: keep waiting."""
+        if not may_hedge(self.policy, method, attempts, time_left, replayable):
+            return False
+        if not self.budget.try_spend():
+            self.metrics.budget_exhausted(alias)
+            return False
+        self.metrics.hedged(alias)
+        self._counts(slow_id).hedges += 1
+        return True
+
+    def hedge_won(self, alias: str, engine_id: str) -> None:
+        self.metrics.hedge_won(alias)
+        self._counts(engine_id).hedge_wins += 1
+
+    def ping_failed(self, address: str) -> None:
+        """An engine connection was failed: no PING ACK in time (the relay's keepalive)."""
+        self.metrics.ping_failed()
+        self.ping_failures[address] = self.ping_failures.get(address, 0) + 1
+        for alias, engine_id in self.table.report_silent(address):
+            self.watch_silent(address, alias, engine_id)
+
+    def watch_silent(self, address: str, alias: str, engine_id: str) -> None:
+        """Probe an engine ejected as silent until it answers, then let it back in."""
+        if self.prober is None or not address or address in self._probes:
+            return
+        task = asyncio.get_running_loop().create_task(self._probe(address, alias, engine_id))
+        self._probes[address] = task
+        task.add_done_callback(lambda _: self._probes.pop(address, None))
+
+    async def _probe(self, address: str, alias: str, engine_id: str) -> None:
+        assert self.prober is not None
+        while self.table.is_silent(alias, engine_id):
+            if await self.prober(address):
+                self.table.report_alive(address)
+                return
+            await asyncio.sleep(self.probe_interval_s)  # a period between probes
+
+    async def close(self) -> None:
+        """Stop the probes (shutdown)."""
+        probes = list(self._probes.values())
+        for task in probes:
+            task.cancel()
+        await asyncio.gather(*probes, return_exceptions=True)
+
+    def _counts(self, engine_id: str) -> AttemptCounts:
+        counts = self.counts.get(engine_id)
+        if counts is None:
+            counts = self.counts[engine_id] = AttemptCounts()
+        return counts
+
+    def attempt_view(self, endpoints: Collection[Endpoint]) -> dict[str, dict[str, Any]]:
+        """Per engine id: its attempt timeout now and its counts (`GET /v1/endpoints`)."""
+        now = self.clock()
+        view: dict[str, dict[str, Any]] = {}
+        for endpoint in endpoints:
+            counts = self.counts.get(endpoint.id) or AttemptCounts()
+            view[endpoint.id] = {
+                "attempt_timeout_s": round(self.timeouts.timeout_s(endpoint.id, now), 3),
+                "attempt_timeouts": counts.attempt_timeouts,
+                "hedges": counts.hedges,
+                "hedge_wins": counts.hedge_wins,
+                "ping_failures": self.ping_failures.get(endpoint.address, 0),
+            }
+        return view
+
+    def retain(self, instance_ids: Collection[str], addresses: Collection[str]) -> None:
+        """Forget engines that left the view (a churning fleet must not grow memory)."""
+        for engine_id in [i for i in self.counts if i not in instance_ids]:
+            del self.counts[engine_id]
+        for engine_id in [i for i in self.answered_at if i not in instance_ids]:
+            del self.answered_at[engine_id]
+            self.answered_begun.pop(engine_id, None)
+            self.timeouts.forget(engine_id)
+        for address in [a for a in self.ping_failures if a not in addresses]:
+            del self.ping_failures[address]
+
+    def timers(self) -> LoopTimers:
+        """The wheel the grpc path's attempt timers run on (made in the running loop)."""
+        loop = asyncio.get_running_loop()
+        if self._timers is None or self._timers.loop is not loop:
+            self._timers = LoopTimers(loop)
+        return self._timers
+
     async def unary(
         self,
         method: str,
@@ -151,48 +354,184 @@ class Forwarder:
         metadata (the in-process client returns the message alone).
         """
         self.budget.deposit()
-        deadline = Deadline.after(self._clock(), timeout)
-        exclude = _NONE
-        attempts = 0
-        in_flight = self.table.in_flight
-        while True:
-            alias, endpoint = self.pick(aliases, exclude)
-            attempts += 1
-            started = self._clock()
-            call: Any = self.channels.unary(endpoint.address, method)(
-                request, timeout=deadline.left(started), metadata=metadata
-            )
-            in_flight[endpoint.id] = in_flight.get(endpoint.id, 0) + 1
-            try:
-                response = await call
-            except grpc.aio.AioRpcError as error:
-                code = error.code()
-                self.metrics.answered(alias, endpoint.id, code.name, self._clock() - started)
-                answered = bool(error.initial_metadata())
-                failure = classify(code, error.details(), answered)
-                now = self._clock()
-                if self.after_failure(
-                    method, alias, endpoint, failure, code, attempts, deadline.left(now)
-                ):
-                    exclude = exclude | {endpoint.id}
+        deadline = Deadline.after(self.clock(), timeout)
+        race = _UnaryRace(self, method, request, aliases, metadata, deadline)
+        return await race.run(with_metadata)
+
+
+class _Try:
+    """One attempt of a unary call on the grpc path."""
+
+    __slots__ = ("alias", "call", "due", "endpoint", "hedge", "started")
+
+    def __init__(
+        self, alias: str, endpoint: Endpoint, call: Any, started: float, due: float, hedge: bool
+    ) -> None:
+        self.alias = alias
+        self.endpoint = endpoint
+        self.call = call
+        self.started = started
+        self.due = due
+        """When it runs past its attempt timeout (inf: no timeout, or already past)."""
+        self.hedge = hedge
+
+
+class _UnaryRace:
+    """The attempts of one unary call: one at a time, two while a hedge runs.
+
+    Why call callbacks and one future instead of a task per attempt: every call
+    pays for the waiting, and a future plus a wheel timer costs a few µs where a
+    task and `asyncio.wait` cost several times that.
+    """
+
+    def __init__(
+        self,
+        fwd: Forwarder,
+        method: str,
+        request: bytes,
+        aliases: tuple[str, ...],
+        metadata: Metadata,
+        deadline: Deadline,
+    ) -> None:
+        self.fwd = fwd
+        self.method = method
+        self.request = request
+        self.aliases = aliases
+        self.metadata = metadata
+        self.deadline = deadline
+        self.live: list[_Try] = []
+        self.exclude = _NONE
+        self.attempts = 0
+        self.hedged = False
+        """Once per call: a hedge that times out too waits (no cascade of attempts)."""
+        self.wake: asyncio.Future[None] | None = None
+
+    async def run(self, with_metadata: bool) -> UnaryAnswer:
+        self.launch(*self.fwd.pick(self.aliases, self.exclude), hedge=False)
+        try:
+            while True:
+                done = next((t for t in self.live if t.call.done()), None)
+                if done is None:
+                    await self.wait()
+                    self.check_timeouts()
                     continue
-                raise ForwardError(
-                    code,
-                    error.details() or "",
-                    answer_metadata(error.trailing_metadata()),
-                    endpoint.id,
-                    answer_metadata(error.initial_metadata()),
-                ) from None
-            finally:
-                in_flight[endpoint.id] -= 1
-            self.metrics.answered(alias, endpoint.id, "OK", self._clock() - started)
-            self.table.report_success(alias, endpoint.id)
-            if not with_metadata:
-                return UnaryAnswer(response, (), (), alias, endpoint)
-            return UnaryAnswer(
-                response,
-                answer_metadata(await call.initial_metadata()),
-                answer_metadata(await call.trailing_metadata()),
-                alias,
-                endpoint,
-            )
+                self.live.remove(done)
+                answer = await self.settle(done, with_metadata)
+                if answer is not None:
+                    return answer
+        finally:
+            for loser in self.live:  # a hedge lost, or the caller went away
+                loser.call.cancel()
+                self.fwd.table.in_flight[loser.endpoint.id] -= 1
+                elapsed = self.fwd.clock() - loser.started
+                self.fwd.metrics.answered(loser.alias, loser.endpoint.id, "CANCELLED", elapsed)
+
+    def launch(self, alias: str, endpoint: Endpoint, hedge: bool) -> None:
+        fwd = self.fwd
+        self.attempts += 1
+        self.exclude = self.exclude | {endpoint.id}
+        now = fwd.clock()
+        call: Any = fwd.channels.unary(endpoint.address, self.method)(
+            self.request, timeout=self.deadline.left(now), metadata=self.metadata
+        )
+        in_flight = fwd.table.in_flight
+        in_flight[endpoint.id] = in_flight.get(endpoint.id, 0) + 1
+        limit = fwd.attempt_timeout_s(self.method, endpoint.id, now)
+        due = math.inf if limit is None else now + limit
+        self.live.append(_Try(alias, endpoint, call, now, due, hedge))
+        call.add_done_callback(self.wake_up)
+
+    def wake_up(self, *_: object) -> None:
+        wake = self.wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def wait(self) -> None:
+        """Until an attempt ends or the earliest attempt timeout passes."""
+        loop = asyncio.get_running_loop()
+        self.wake = loop.create_future()
+        due = min(t.due for t in self.live)
+        timer: Timer | None = None
+        if due != math.inf:
+            timers = self.fwd.timers()
+            timer = timers.call_at(loop.time() + due - self.fwd.clock(), self.wake_up)
+        try:
+            await self.wake
+        finally:
+            self.wake = None
+            if timer is not None:
+                self.fwd.timers().cancel(timer)
+
+    def check_timeouts(self) -> None:
+        fwd = self.fwd
+        now = fwd.clock()
+        for slow in [t for t in self.live if t.due <= now]:
+            slow.due = math.inf
+            fwd.attempt_timed_out(slow.alias, slow.endpoint.id, slow.started, slow.endpoint.address)
+            if not self.hedged:
+                self.hedge(slow, now)
+
+    def hedge(self, slow: _Try, now: float) -> None:
+        """Start a second attempt elsewhere if allowed; else keep waiting on `slow`."""
+        fwd = self.fwd
+        left = self.deadline.left(now)
+        if not may_hedge(fwd.policy, self.method, self.attempts, left, True):
+            return
+        picked = fwd.table.pick(self.aliases, self.exclude)
+        if picked is None:
+            return  # nowhere else to go: the slow attempt is still the best hope
+        if fwd.may_hedge(self.method, slow.alias, slow.endpoint.id, self.attempts, left, True):
+            self.hedged = True
+            self.launch(*picked, hedge=True)
+
+    async def settle(self, done: _Try, with_metadata: bool) -> UnaryAnswer | None:
+        """An attempt ended: its answer, or None to keep going (retry or another attempt)."""
+        fwd = self.fwd
+        alias, endpoint = done.alias, done.endpoint
+        fwd.table.in_flight[endpoint.id] -= 1
+        try:
+            response = await done.call
+        except grpc.aio.AioRpcError as error:
+            self.failed(done, error)
+            return None
+        now = fwd.clock()
+        fwd.metrics.answered(alias, endpoint.id, "OK", now - done.started)
+        fwd.observe(endpoint.id, now - done.started, now)
+        fwd.table.report_success(alias, endpoint.id)
+        if done.hedge:
+            fwd.hedge_won(alias, endpoint.id)
+        if not with_metadata:
+            return UnaryAnswer(response, (), (), alias, endpoint)
+        return UnaryAnswer(
+            response,
+            answer_metadata(await done.call.initial_metadata()),
+            answer_metadata(await done.call.trailing_metadata()),
+            alias,
+            endpoint,
+        )
+
+    def failed(self, done: _Try, error: grpc.aio.AioRpcError) -> None:
+        """A failed attempt: eject, retry, wait on the other attempt, or raise ForwardError."""
+        fwd = self.fwd
+        alias, endpoint = done.alias, done.endpoint
+        code = error.code()
+        now = fwd.clock()
+        fwd.metrics.answered(alias, endpoint.id, code.name, now - done.started)
+        failure = classify(code, error.details(), bool(error.initial_metadata()))
+        if failure is Failure.ANSWERED:
+            fwd.observe(endpoint.id, now - done.started, now)
+        if self.live:  # the other attempt may still answer: wait for it
+            if fwd.policy.ejects(failure, code):
+                fwd.table.report_failure(alias, endpoint.id)
+            return
+        left = self.deadline.left(now)
+        if fwd.after_failure(self.method, alias, endpoint, failure, code, self.attempts, left):
+            self.launch(*fwd.pick(self.aliases, self.exclude), hedge=False)
+            return
+        raise ForwardError(
+            code,
+            error.details() or "",
+            answer_metadata(error.trailing_metadata()),
+            endpoint.id,
+            answer_metadata(error.initial_metadata()),
+        ) from None

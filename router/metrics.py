@@ -1,18 +1,30 @@
 """The router's Prometheus metrics.
 
 Labelled children are cached per label tuple: `labels()` costs microseconds and
-the request path calls into here twice per request.
+the request path calls into here twice per request. What every call counts
+(attempts by status, attempt and call latency) is kept as plain numbers and made
+into metric families only when scraped (`_Tally`): prometheus_client's `inc` and
+`observe` take a lock per value (a histogram two) and cost about a microsecond
+each, four of them per relayed call.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import itertools
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from router.shares import RecentCounts
 from router.table import PoolStatus
@@ -56,19 +68,8 @@ class RouterMetrics:
         self._recent_errors: dict[str, RecentCounts] = {}
         self._last_error: dict[str, tuple[str, float]] = {}
         r = self.registry
-        self._requests = Counter(
-            "tidepool_router_requests",
-            "Attempts answered by engines, by alias, engine (instance id) and gRPC status",
-            ["alias", "engine", "code"],
-            registry=r,
-        )
-        self._latency = Histogram(
-            "tidepool_router_attempt_seconds",
-            "Time from sending an attempt to an engine to its answer",
-            ["alias"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        self._tally = _Tally()
+        r.register(self._tally)
         self._errors = Counter(
             "tidepool_router_errors",
             "Calls the router failed itself (no route, no instance), by code",
@@ -119,18 +120,32 @@ class RouterMetrics:
         )
         for reason in REFUSAL_REASONS:  # every series from the start: rate() sees the first one
             self._refusals.labels(reason)
-        self._calls = Histogram(
-            "tidepool_router_call_seconds",
-            "Time from a caller's request to its final status, retries included, by method"
-            f" (the first {MAX_METHODS} methods seen; later ones as {OTHER_METHOD!r})",
-            ["method"],
-            buckets=LATENCY_BUCKETS,
+        self._attempt_timeouts = Counter(
+            "tidepool_router_attempt_timeouts",
+            "Attempts of idempotent methods that waited past their engine's attempt timeout"
+            " (a percentile of its recent latency times a margin), by alias",
+            ["alias"],
             registry=r,
         )
-        self._calls_by_method: dict[str, Histogram] = {}
-        self._answered: dict[tuple[str, str, str], Counter] = {}
+        self._hedges = Counter(
+            "tidepool_router_hedges",
+            "Second attempts started on another engine after an attempt timeout (grpc path:"
+            " beside the slow one; relay: instead of it), by alias",
+            ["alias"],
+            registry=r,
+        )
+        self._hedge_wins = Counter(
+            "tidepool_router_hedge_wins",
+            "Hedges that answered before the attempt they were started beside, by alias",
+            ["alias"],
+            registry=r,
+        )
+        self._ping_failures = Counter(
+            "tidepool_router_engine_ping_failures",
+            "Engine connections failed for no PING ACK in time (relay keepalive)",
+            registry=r,
+        )
         self._ejection_labels: set[tuple[str, str, str]] = set()
-        self._latency_by_alias: dict[str, Histogram] = {}
 
     def watch(
         self,
@@ -153,10 +168,9 @@ class RouterMetrics:
     def retain(self, instance_ids: Collection[str]) -> None:
         """Drop the per-instance series of instances that are gone for good, so a
         fleet that churns (serverless ids come and go) does not grow memory forever."""
-        for key in [k for k in self._answered if k[1] not in instance_ids]:
-            del self._answered[key]
-            with contextlib.suppress(KeyError):
-                self._requests.remove(*key)
+        answered = self._tally.answered
+        for key in [k for k in answered if k[1] not in instance_ids]:
+            del answered[key]
         for labels in [k for k in self._ejection_labels if k[1] not in instance_ids]:
             self._ejection_labels.discard(labels)
             with contextlib.suppress(KeyError):
@@ -180,15 +194,15 @@ class RouterMetrics:
     def answered(self, alias: str, instance: str, code: str, seconds: float) -> None:
         if code in ENGINE_ERROR_CODES:
             self._errored(alias, instance, code)
+        tally = self._tally
         key = (alias, instance, code)
-        counter = self._answered.get(key)
-        if counter is None:
-            counter = self._answered[key] = self._requests.labels(alias, instance, code)
-        counter.inc()
-        histogram = self._latency_by_alias.get(alias)
-        if histogram is None:
-            histogram = self._latency_by_alias[alias] = self._latency.labels(alias)
-        histogram.observe(seconds)
+        answered = tally.answered
+        answered[key] = answered.get(key, 0) + 1
+        row = tally.attempts.get(alias)
+        if row is None:
+            row = tally.attempts[alias] = _row()
+        row[_bucket(_BOUNDS, seconds)] += 1
+        row[-1] += seconds
 
     def _errored(self, alias: str, instance: str, code: str) -> None:
         now = self._clock()
@@ -200,20 +214,35 @@ class RouterMetrics:
 
     def called(self, method: str, seconds: float) -> None:
         """One caller's call ended (any status): its whole time, retries included."""
-        histogram = self._calls_by_method.get(method)
-        if histogram is None:
-            if len(self._calls_by_method) >= MAX_METHODS:  # callers choose the name: bound it
+        calls = self._tally.calls
+        row = calls.get(method)
+        if row is None:
+            if len(calls) >= MAX_METHODS:  # callers choose the name: bound it
                 method = OTHER_METHOD
-                histogram = self._calls_by_method.get(method)
-            if histogram is None:
-                histogram = self._calls_by_method[method] = self._calls.labels(method)
-        histogram.observe(seconds)
+                row = calls.get(method)
+            if row is None:
+                row = calls[method] = _row()
+        row[_bucket(_BOUNDS, seconds)] += 1
+        row[-1] += seconds
 
     def retried(self, alias: str, reason: str) -> None:
         self._retries.labels(alias, reason).inc()
 
     def budget_exhausted(self, alias: str) -> None:
         self._budget.labels(alias).inc()
+
+    def attempt_timed_out(self, alias: str, instance: str) -> None:
+        self._attempt_timeouts.labels(alias).inc()
+        self._last_error[instance] = ("ATTEMPT_TIMEOUT", self._clock())
+
+    def hedged(self, alias: str) -> None:
+        self._hedges.labels(alias).inc()
+
+    def hedge_won(self, alias: str) -> None:
+        self._hedge_wins.labels(alias).inc()
+
+    def ping_failed(self) -> None:
+        self._ping_failures.inc()
 
     def failed(self, code: str) -> None:
         self._errors.labels(code).inc()
@@ -237,6 +266,63 @@ class RouterMetrics:
         self._last_resort.labels(alias).set(float(last_resort))
         if last_resort:
             self._last_resort_total.labels(alias).inc()
+
+
+_BOUNDS = LATENCY_BUCKETS
+_bucket = bisect.bisect_left
+"""The bucket of a value: the first bound at or above it (`le`), past the last: +Inf."""
+
+
+_LE = [*(floatToGoString(b) for b in _BOUNDS), "+Inf"]  # type: ignore[no-untyped-call]
+"""The `le` labels, written as prometheus_client's own histograms write them."""
+
+
+def _row() -> list[float]:
+    """One histogram series: a count per bucket (+Inf last), then the sum."""
+    return [0.0] * (len(_BOUNDS) + 2)
+
+
+class _Tally(Collector):
+    """The per-call counts as plain numbers, made into metric families when scraped."""
+
+    def __init__(self) -> None:
+        self.answered: dict[tuple[str, str, str], int] = {}
+        """(alias, engine, code) -> attempts answered so."""
+        self.attempts: dict[str, list[float]] = {}
+        """alias -> attempt latency (`_row`)."""
+        self.calls: dict[str, list[float]] = {}
+        """method -> call latency (`_row`)."""
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "tidepool_router_requests",
+            "Attempts answered by engines, by alias, engine (instance id) and gRPC status",
+            labels=["alias", "engine", "code"],
+        )
+        for key, count in list(self.answered.items()):
+            requests.add_metric(list(key), count)
+        yield requests
+        yield _histogram(
+            "tidepool_router_attempt_seconds",
+            "Time from sending an attempt to an engine to its answer",
+            "alias",
+            self.attempts,
+        )
+        yield _histogram(
+            "tidepool_router_call_seconds",
+            "Time from a caller's request to its final status, retries included, by method"
+            f" (the first {MAX_METHODS} methods seen; later ones as {OTHER_METHOD!r})",
+            "method",
+            self.calls,
+        )
+
+
+def _histogram(name: str, help_text: str, label: str, rows: dict[str, list[float]]) -> Metric:
+    family = HistogramMetricFamily(name, help_text, labels=[label])
+    for value, row in list(rows.items()):
+        cumulative = itertools.accumulate(row[:-1])
+        family.add_metric([value], list(zip(_LE, cumulative, strict=True)), row[-1])
+    return family
 
 
 class _PoolCollector(Collector):

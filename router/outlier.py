@@ -45,6 +45,9 @@ class OutlierConfig:
     """Never eject more than this share of the pool, in percent."""
     panic_threshold_percent: float = 50.0
     """Below this share of healthy endpoints, route over the whole pool; 0 disables."""
+    consecutive_timeouts: int = 3
+    """Attempt timeouts in a row, with no answer from the endpoint in between, that eject
+    it (Envoy's consecutive gateway failures); 0 disables."""
 
     def __post_init__(self) -> None:
         def bad(name: str, rule: str) -> ValueError:
@@ -62,6 +65,8 @@ class OutlierConfig:
             raise bad("max_ejection_percent", "within 0..100")
         if not 0 <= self.panic_threshold_percent <= 100:
             raise bad("panic_threshold_percent", "within 0..100")
+        if self.consecutive_timeouts < 0:
+            raise bad("consecutive_timeouts", "0 or more")
 
     def ejection_s(self, ejections: int) -> float:
         """How long the `ejections`-th ejection in a row lasts (1 for the first)."""
@@ -82,6 +87,8 @@ class _Record:
     ejected_until: float
     quiet_since: float
     """When the last ejection ended or the last decay step was taken."""
+    silent: bool = False
+    """Ejected for answering nothing at all (frozen): out until `report_alive`."""
 
 
 class OutlierDetector:
@@ -99,6 +106,8 @@ class OutlierDetector:
         self._config = config
         self._pool: frozenset[str] = frozenset(pool)
         self._records: dict[str, _Record] = {}
+        self._timeouts: dict[str, tuple[int, float]] = {}
+        """Attempt timeouts in a row per id, and when the run began."""
 
     @property
     def config(self) -> OutlierConfig:
@@ -109,6 +118,8 @@ class OutlierDetector:
         self._pool = frozenset(ids)
         for endpoint_id in [i for i in self._records if i not in self._pool]:
             del self._records[endpoint_id]
+        for endpoint_id in [i for i in self._timeouts if i not in self._pool]:
+            del self._timeouts[endpoint_id]
 
     def report_failure(self, endpoint_id: str, now: float) -> bool:
         """A connect failure or UNAVAILABLE: eject at once unless the cap forbids it.
@@ -130,6 +141,58 @@ class OutlierDetector:
         record.ejected_until = now + self._config.ejection_s(record.ejections)
         record.quiet_since = record.ejected_until
         return True
+
+    def report_timeout(self, endpoint_id: str, now: float, answered_at: float) -> bool:
+        """An attempt on the endpoint ran past its attempt timeout; `answered_at` is when the
+        endpoint last answered anything. True when this ejected it.
+
+        Why "no answer in between" and not merely "in a row": an engine that is slow
+        but working keeps answering other calls, and ejecting it would only crowd the
+        rest of a slow fleet; a frozen one answers nothing at all.
+        """
+        limit = self._config.consecutive_timeouts
+        if limit == 0 or endpoint_id not in self._pool:
+            return False
+        count, since = self._timeouts.get(endpoint_id, (0, now))
+        if count == 0 or answered_at >= since:
+            count, since = 0, now
+        count += 1
+        if count < limit:
+            self._timeouts[endpoint_id] = (count, since)
+            return False
+        self._timeouts.pop(endpoint_id, None)
+        return self.report_silent(endpoint_id, now)
+
+    def report_silent(self, endpoint_id: str, now: float) -> bool:
+        """The endpoint answers nothing, not even a PING (frozen): eject it until it
+        answers again (`report_alive`), at most `max_ejection_s`. True if this ejected it.
+
+        Why not the usual backoff: a frozen engine re-admitted after a couple of
+        seconds would swallow calls again until found out again; a prober that
+        asks it (a PING on a new connection) knows the moment it is back.
+        """
+        ejected = self.report_failure(endpoint_id, now)
+        record = self._records.get(endpoint_id)
+        if record is None or not self.is_ejected(endpoint_id, now):
+            return ejected
+        record.silent = True
+        record.ejected_until = max(record.ejected_until, now + self._config.max_ejection_s)
+        record.quiet_since = record.ejected_until
+        return ejected
+
+    def report_alive(self, endpoint_id: str, now: float) -> bool:
+        """A silent endpoint answered a probe: its ejection ends now. True if it did."""
+        record = self._records.get(endpoint_id)
+        if record is None or not record.silent or not self.is_ejected(endpoint_id, now):
+            return False
+        record.silent = False
+        record.ejected_until = record.quiet_since = now
+        return True
+
+    def is_silent(self, endpoint_id: str, now: float) -> bool:
+        """Whether the endpoint is ejected as silent at `now` (a prober should ask it)."""
+        record = self._records.get(endpoint_id)
+        return record is not None and record.silent and now < record.ejected_until
 
     def report_success(self, endpoint_id: str, now: float) -> None:
         """A good answer: let past ejections decay, and forget them once all have."""

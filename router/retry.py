@@ -29,6 +29,7 @@ _TRANSPORT_MARKERS = (
     "goaway",
     "endpoint closing",
     "keepalive watchdog timeout",
+    "ping timeout",
     "transport closed",
     "recvmsg",
     "sendmsg",
@@ -142,6 +143,24 @@ def decide(
     ):
         return Decision(Verdict.GIVE_UP, eject, budgeted=False)
     return Decision(Verdict.RETRY, eject, budgeted=failure not in _FREE)
+
+
+def may_hedge(
+    policy: RetryPolicy, method: str, attempts: int, time_left_s: float, replayable: bool
+) -> bool:
+    """Whether an attempt that ran past its attempt timeout may be joined (or replaced) by
+    another attempt elsewhere. Pure; the budget is asked after this says yes.
+
+    Only idempotent methods (the engine may be working on it after all) whose request
+    the router still holds in full, and only while the call has attempts and time
+    left: a frozen engine costs the caller one attempt timeout, never an error.
+    """
+    return (
+        replayable
+        and method in policy.idempotent_methods
+        and attempts < policy.max_attempts
+        and time_left_s >= MIN_ATTEMPT_S
+    )
 
 
 class RetryBudget:

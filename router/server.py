@@ -114,6 +114,7 @@ class Router:
             metrics.last_errors(),
             now=time.monotonic(),
             wall_now=time.time(),
+            attempts=self.core.forwarder.attempt_view([e for d in details for e in d.endpoints]),
         )
         return _json("200 OK", document)
 

@@ -334,6 +334,51 @@ class RoutingTable:
         self._build(pool, now)
         return True
 
+    def report_timeout(self, alias: str, endpoint_id: str, answered_at: float) -> bool:
+        """An attempt timed out with no answer from the engine since it began: consecutive
+        ones eject it as silent (`OutlierDetector.report_timeout`); True if this one did."""
+        pool = self._pools.get(alias)
+        if pool is None:
+            return False
+        now = self._clock()
+        if not pool.detector.report_timeout(endpoint_id, now, answered_at):
+            return False
+        self._events.ejected(alias, endpoint_id, "passive")
+        self._build(pool, now)
+        return True
+
+    def report_silent(self, address: str) -> list[tuple[str, str]]:
+        """The engine at `address` left a PING unanswered: eject it as silent in every pool
+        (`OutlierDetector.report_silent`); the (alias, id) pairs now silent."""
+        now = self._clock()
+        silent = []
+        for pool in self._pools.values():
+            for endpoint in pool.endpoints:
+                if endpoint.address != address:
+                    continue
+                if pool.detector.report_silent(endpoint.id, now):
+                    self._events.ejected(pool.alias, endpoint.id, "passive")
+                    self._build(pool, now)
+                if pool.detector.is_silent(endpoint.id, now):
+                    silent.append((pool.alias, endpoint.id))
+        return silent
+
+    def report_alive(self, address: str) -> bool:
+        """The engine at `address` answered a probe: its silent ejections end (slow start
+        ramps it again); True if one did."""
+        now = self._clock()
+        back = False
+        for pool in self._pools.values():
+            for endpoint in pool.endpoints:
+                if endpoint.address == address and pool.detector.report_alive(endpoint.id, now):
+                    self._build(pool, now)
+                    back = True
+        return back
+
+    def is_silent(self, alias: str, endpoint_id: str) -> bool:
+        pool = self._pools.get(alias)
+        return pool is not None and pool.detector.is_silent(endpoint_id, self._clock())
+
     def report_success(self, alias: str, endpoint_id: str) -> None:
         """A good answer: past ejections of the endpoint decay."""
         pool = self._pools.get(alias)

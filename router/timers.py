@@ -207,6 +207,10 @@ class LoopTimers:
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at = math.inf
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
     def call_at(self, due: float, callback: Callable[[], None]) -> Timer:
         """Run `callback` at loop time `due` (up to one tick late); cancel with `cancel`."""
         timer = self.wheel.add(due, callback)

@@ -65,6 +65,9 @@ class Phase(Enum):
 
 
 _ATTEMPTING = frozenset({Phase.CONNECTING, Phase.SENT, Phase.HELD})
+_UNANSWERED = frozenset({Phase.CONNECTING, Phase.SENT})
+"""The phases an attempt timer runs in: the engine has not answered yet."""
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
 
 class Relay:
@@ -154,6 +157,11 @@ class RelayCall:
         self.received = 0  # client DATA bytes received, and credited back
         self.credited = 0
         self.attempts = 0
+        self.hedged = False
+        """An attempt timed out and another was started: once per call (no cascade)."""
+        self.attempt_due: float | None = None
+        """When this attempt runs past its attempt timeout (loop time); None: not armed yet
+        (the request is not all sent), inf: no timeout or already past."""
         self.exclude: frozenset[str] = frozenset()
         self.up: Stream | None = None
         self.alias = ""
@@ -206,9 +214,9 @@ class RelayCall:
         if self.phase is Phase.ROUTING:
             self.attempt()
 
-    def attempt(self) -> None:
+    def attempt(self, picked: tuple[str, Endpoint] | None = None) -> None:
         try:
-            self.alias, endpoint = self.r.forwarder.pick(self.aliases, self.exclude)
+            self.alias, endpoint = picked or self.r.forwarder.pick(self.aliases, self.exclude)
         except ForwardError as error:
             self.r.metrics.failed(error.code.name)
             self.respond_error(error.code, error.details)
@@ -217,6 +225,8 @@ class RelayCall:
         self.attempts += 1
         self.started = time.monotonic()
         self.phase = Phase.CONNECTING
+        self.attempt_due = None
+        self.arm_attempt()
         self.in_flight = endpoint.id
         in_flight = self.r.table.in_flight
         in_flight[endpoint.id] = in_flight.get(endpoint.id, 0) + 1
@@ -247,7 +257,7 @@ class RelayCall:
         block = self.block
         if self.deadline.bounded:
             left = self.deadline.left(self.r.loop.time())
-            block += f.encode_header(b"grpc-timeout", f.format_grpc_timeout(left))
+            block += f.grpc_timeout_field(left)
         body = self.body
         conn.send_headers(up, block, self.request_done and not body)
         for index, chunk in enumerate(body):
@@ -259,10 +269,13 @@ class RelayCall:
     # ---- timers ---------------------------------------------------------------------
 
     def arm(self) -> None:
-        """(Re-)arm the call's one timer for the deadline or the stream timer, if earlier."""
+        """(Re-)arm the call's one timer for the deadline, the stream timer or the attempt
+        timer, whichever is first."""
         due = self.deadline.at
         if self.clock is not None:
             due = min(due, self.clock.due())
+        if self.attempt_due is not None and self.phase in _UNANSWERED:
+            due = min(due, self.attempt_due)
         if due == NO_DEADLINE:
             return
         if self.timer is None:
@@ -279,6 +292,10 @@ class RelayCall:
             self.cancel_attempt("DEADLINE_EXCEEDED")
             self.respond_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
             return
+        if self.attempt_due is not None and now >= self.attempt_due:
+            self.attempt_timed_out()
+            if self.finished:
+                return
         verdict = self.clock.expired(now) if self.clock is not None else None
         if verdict is None:
             self.arm()  # traffic moved the stream timer on
@@ -288,7 +305,44 @@ class RelayCall:
         self.cancel_attempt(grpc.StatusCode.DEADLINE_EXCEEDED.name)
         self.respond_error(grpc.StatusCode.DEADLINE_EXCEEDED, message)
 
+    def arm_attempt(self) -> None:
+        """Start the attempt timer once the engine has the whole request (idempotent methods)."""
+        endpoint = self.endpoint
+        if self.attempt_due is not None or endpoint is None or not self.request_done:
+            return
+        limit = self.r.forwarder.attempt_timeout_s(self.method, endpoint.id, time.monotonic())
+        self.attempt_due = NO_DEADLINE if limit is None else self.r.loop.time() + limit
+        if limit is not None:
+            self.arm()
+
+    def attempt_timed_out(self) -> None:
+        """The attempt waited past its engine's attempt timeout. Within the retry budget,
+        and while the request is held in full, it is cancelled and another engine tried
+        (why not a hedge beside it: the relay pumps one upstream stream per call);
+        otherwise the call keeps waiting on it: slowness never becomes an error."""
+        self.attempt_due = NO_DEADLINE
+        endpoint = self.endpoint
+        if self.phase not in _UNANSWERED or endpoint is None:
+            return
+        fwd = self.r.forwarder
+        fwd.attempt_timed_out(self.alias, endpoint.id, self.started, endpoint.address)
+        if self.hedged:
+            return
+        picked = self.r.table.pick(self.aliases, self.exclude | {endpoint.id})
+        left = self.deadline.left(self.r.loop.time())
+        replayable = self.replayable and self.request_done
+        if picked is None or not fwd.may_hedge(
+            self.method, self.alias, endpoint.id, self.attempts, left, replayable
+        ):
+            return
+        self.hedged = True
+        self.cancel_attempt("CANCELLED")
+        self.exclude = self.exclude | {endpoint.id}
+        self.attempt(picked)
+
     def caller_sent(self) -> None:
+        if self.request_done and self.attempt_due is None and self.phase in _UNANSWERED:
+            self.arm_attempt()
         clock = self.clock
         if clock is not None:
             spoke = clock.spoke
@@ -302,7 +356,11 @@ class RelayCall:
         if stream is self.client:
             self.on_request_trailers(headers, end)
         elif stream is self.up:
+            if self.r.pool.busy_pings:
+                self.r.pool.answered(stream.conn)
             if self.phase is Phase.SENT:
+                now = time.monotonic()
+                self.r.forwarder.observe(self.endpoint_id, now - self.started, now)
                 if end:  # trailers-only: the engine's status, no answer sent
                     self.on_trailers(headers, trailers_only=True)
                 elif self.method in self.r.idempotent and self.request_done:
@@ -396,6 +454,10 @@ class RelayCall:
                 self.attempt_failed(Failure.RESET, "connection to the engine reset")
             elif code == CONNECTION_LOST:
                 self.count("UNAVAILABLE")
+                held = self.phase is Phase.HELD  # answered headers only: still retryable
+                replayable = held and self.replayable and self.request_done
+                if replayable and self.retry_after(Failure.ANSWERED, UNAVAILABLE, True):
+                    return
                 self.r.table.report_failure(self.alias, self.endpoint_id)
                 self.end_attempt()
                 self.respond_error(grpc.StatusCode.UNAVAILABLE, "connection to the engine lost")

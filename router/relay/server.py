@@ -187,6 +187,10 @@ async def start_relay(
     )
     flusher = Flusher()
     engine_tls = core.engine_tls
+    config = core.config
+    keepalive = keepalive or Keepalive(
+        busy_after_s=config.engine_ping_after_s, busy_timeout_s=config.engine_ping_timeout_s
+    )
     pool = UpstreamPool(
         flusher,
         engine_settings,
@@ -195,13 +199,13 @@ async def start_relay(
         server_name=engine_tls.server_name if engine_tls else None,
         limits=limits,
     )
+    pool.on_ping_failed = core.forwarder.ping_failed
     relay = Relay(core, pool)
     server = RelayServer(relay, settings, flusher, limits)
     loop = asyncio.get_running_loop()
     listener_tls = core.listener_tls
     # Only a router group's workers share the port: a second router started by mistake
     # on the same port must fail, not quietly take half the callers.
-    config = core.config
     reuse_port = config.processes > 1 or config.share_port
     server.server = await _listen(loop, server, host, port, reuse_port, listener_tls)
     sockets = server.server.sockets

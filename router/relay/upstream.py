@@ -9,12 +9,20 @@ forgotten; the next call reconnects.
 Keepalive: a connection with no call on it that has heard nothing from its
 engine for `Keepalive.interval_s` is sent a PING, and dropped when no ACK comes
 back within `Keepalive.timeout_s`, so an engine that vanished without a reset (a host
-gone, a partition) is noticed before a call is sent into the void. Why only
-idle connections: a gRPC server counts PINGs that arrive while it sends nothing
-as abuse and may drop the whole connection (GOAWAY too_many_pings), and a busy
-connection's calls are guarded by their deadlines and the stream watchdog. An
-engine on grpc's default ping policy still ends an idle connection after the
-third PING (about 40 s idle); that is harmless, the next call reopens one.
+gone, a partition) is noticed before a call is sent into the void. An engine on
+grpc's default ping policy still ends an idle connection after the third PING
+(about 40 s idle); that is harmless, the next call reopens one.
+
+A connection *with calls in flight* that has heard nothing for `busy_after_s` is
+PINGed too, and failed when the ACK does not come within `busy_timeout_s`: a
+frozen engine (SIGSTOP, a paused VM) keeps its sockets open and answers nothing,
+not even a PING, while a busy one's transport still ACKs at once. Failing the
+connection resets its calls, so those not yet answered are retried elsewhere and
+the engine is ejected (`retry.decide`). Why at most `max_busy_pings` PINGs per
+silence: a gRPC server counts PINGs that come while it sends no data as strikes
+and drops the connection after the third (GOAWAY too_many_pings); its count
+starts again whenever it sends headers or data, which the relay reports
+(`answered`), and a long silent call must not cost its connection.
 
 TLS (`--engine-ca`): with `tls` set, each connection is TLS, verified against
 the context's roots by the engine's IP address, or by `server_name` when given,
@@ -43,27 +51,100 @@ _MAX_CONNECT_ROUNDS = 4
 
 @dataclass(frozen=True)
 class Keepalive:
-    """Keepalive PINGs on idle engine connections (see the module doc)."""
+    """Keepalive PINGs on engine connections, idle or busy (see the module doc)."""
 
     interval_s: float = 10.0
     """Silence on an idle connection before a PING."""
     timeout_s: float = 5.0
-    """Longest wait for the PING's ACK before the connection is dropped."""
+    """Longest wait for the PING's ACK on an idle connection before it is dropped."""
+    busy_after_s: float = 0.5
+    """Silence on a connection with calls in flight before a PING."""
+    busy_timeout_s: float = 1.0
+    """Longest wait for the PING's ACK on a connection with calls in flight."""
+    max_busy_pings: int = 2
+    """PINGs per silence of a busy connection (see the module doc: ping strikes)."""
 
     @property
     def tick_s(self) -> float:
         """How often connections are looked at."""
-        return min(1.0, self.interval_s / 2, self.timeout_s / 2)
+        busy = min(self.busy_after_s, self.busy_timeout_s) / 4
+        return min(1.0, self.interval_s / 2, self.timeout_s / 2, busy)
 
     def action(
-        self, now: float, last_received: float, ping_sent: float | None, idle: bool
+        self,
+        now: float,
+        last_received: float,
+        ping_sent: float | None,
+        idle: bool,
+        busy_pings: int = 0,
     ) -> Literal["ping", "drop"] | None:
-        """What keepalive does to one connection at `now`: PING it, drop it, or nothing."""
+        """What keepalive does to one connection at `now`: PING it, drop it, or nothing.
+        `busy_pings`: PINGs sent while busy since the engine last sent headers."""
         if ping_sent is not None:
-            return "drop" if now - ping_sent >= self.timeout_s else None
-        if idle and now - last_received >= self.interval_s:
+            limit = self.timeout_s if idle else self.busy_timeout_s
+            return "drop" if now - ping_sent >= limit else None
+        silent = now - last_received
+        if idle:
+            return "ping" if silent >= self.interval_s else None
+        if silent >= self.busy_after_s and busy_pings < self.max_busy_pings:
             return "ping"
         return None
+
+
+class _ProbeConnection(Connection):
+    """A connection that tells when its PING is ACKed, or when it is lost."""
+
+    def __init__(self, flusher: Flusher) -> None:
+        super().__init__(flusher, Settings(), client_side=True)
+        self.answered = asyncio.Event()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.core.ping_sent is None:
+            self.answered.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.answered.set()
+
+
+async def probe(
+    address: str,
+    timeout_s: float,
+    *,
+    tls: ssl.SSLContext | None = None,
+    server_name: str | None = None,
+) -> bool:
+    """Whether the engine at `address` answers a PING on a new HTTP/2 connection within
+    `timeout_s`: how a router learns that an engine ejected as silent (frozen) is back.
+    Why a new connection: a frozen engine's old ones are failed, and its kernel still
+    accepts TCP, so only an answer from the engine itself says it is alive."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    loop = asyncio.get_running_loop()
+    flusher = Flusher()
+    conn: _ProbeConnection | None = None
+
+    def factory() -> _ProbeConnection:
+        return _ProbeConnection(flusher)
+
+    try:
+        async with asyncio.timeout(timeout_s):
+            if tls is None:
+                _, conn = await loop.create_connection(factory, host, int(port))
+            else:
+                name = server_name or host
+                _, conn = await loop.create_connection(
+                    factory, host, int(port), ssl=tls, server_hostname=name
+                )
+            conn.ping(time.monotonic())
+            await conn.answered.wait()
+            return not conn.closed
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        if conn is not None:
+            conn.close()
 
 
 class UpstreamPool:
@@ -89,6 +170,10 @@ class UpstreamPool:
         self._connecting: dict[str, asyncio.Task[Connection]] = {}
         self._closed = False
         self._keepalive: asyncio.Task[None] | None = None
+        self.busy_pings: dict[object, int] = {}
+        """PINGs sent to a busy connection since its engine last sent headers."""
+        self.on_ping_failed: Callable[[str], None] | None = None
+        """Told the address of each busy connection failed for want of a PING ACK."""
 
     def ready(self, address: str) -> Connection | None:
         """An open connection to `address` that takes a new stream now, if any."""
@@ -162,20 +247,33 @@ class UpstreamPool:
         while True:
             await asyncio.sleep(self.keepalive.tick_s)
             now = time.monotonic()
-            for conns in list(self._connections.values()):
+            for address, conns in list(self._connections.items()):
                 for conn in list(conns):
-                    self.keep_alive(conn, now)
+                    self.keep_alive(conn, now, address)
 
-    def keep_alive(self, conn: Connection, now: float) -> None:
+    def keep_alive(self, conn: Connection, now: float, address: str = "") -> None:
         """One keepalive step for `conn` (see the module doc)."""
         core = conn.core
-        action = self.keepalive.action(now, core.last_received, core.ping_sent, not core.streams)
+        idle = not core.streams
+        pings = self.busy_pings.get(conn, 0)
+        action = self.keepalive.action(now, core.last_received, core.ping_sent, idle, pings)
         if action == "ping":
             conn.ping(now)
+            if not idle:
+                self.busy_pings[conn] = pings + 1
         elif action == "drop":
-            conn.abort(f"no PING ACK within {self.keepalive.timeout_s:g} s")
+            limit = self.keepalive.timeout_s if idle else self.keepalive.busy_timeout_s
+            self.busy_pings.pop(conn, None)
+            if not idle and self.on_ping_failed is not None:
+                self.on_ping_failed(address)
+            conn.abort(f"no PING ACK within {limit:g} s")
+
+    def answered(self, conn: object) -> None:
+        """The engine sent headers on `conn`: its ping strikes start again (module doc)."""
+        self.busy_pings.pop(conn, None)
 
     def _forget(self, address: str, conn: Connection) -> None:
+        self.busy_pings.pop(conn, None)
         conns = self._connections.get(address)
         if conns and conn in conns:
             conns.remove(conn)

@@ -101,6 +101,9 @@ async def relayed(stack: EchoStack) -> AsyncIterator[Relayed]:
         unary_methods=(UNARY, MUTATE),
         idempotent_methods=(UNARY,),
         default_deadline_s=DEFAULT_DEADLINE_S,
+        # The black hole is a frozen engine: keep its PING failure past the deadlines
+        # these tests are about (tests/integration/router/test_router_frozen_*.py).
+        engine_ping_timeout_s=5.0,
     )
     core = build_core(config)
     watch = asyncio.create_task(core.watcher.run())
