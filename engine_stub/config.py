@@ -26,7 +26,7 @@ from tidepool.runtime.options import (
     setting,
     whole,
 )
-from tidepool.runtime.replicas import parse_addresses, registry_addresses
+from tidepool.runtime.replicas import is_address_list, registry_setting
 from tidepool.runtime.rules import LANGS, TIERS, WEIGHT_MAX, Lang, Tier
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -83,12 +83,7 @@ FAULT_FIELDS = ("latency_s", "error_rate", "hang_after", "crash_after")
 class EngineStubConfig:
     """Everything one engine stub needs. Durations in seconds unless the name says otherwise."""
 
-    registry: str = setting(
-        "127.0.0.1:7700",
-        "registry gRPC address; replicas comma-separated (the next is used on failure)",
-        registry_addresses,
-        env="TIDEPOOL_REGISTRY",
-    )
+    registry: str = registry_setting()
     token: str | None = setting(None, "engine token for the registry", env="TIDEPOOL_TOKEN")
     registry_ca: str | None = setting(None, "PEM roots for TLS to the registry")
     """PEM file of roots for TLS to the registry; unset: plaintext."""
@@ -119,7 +114,7 @@ class EngineStubConfig:
     log_level: str = setting("warning", "debug, info, warning or error", parse_choice(LOG_LEVELS))
 
     def __post_init__(self) -> None:
-        _need(_is_addresses(self.registry), "registry", "must be host:port[,…]", self.registry)
+        _need(is_address_list(self.registry), "registry", "must be host:port[,…]", self.registry)
         _need(_is_host_port(self.listen), "listen", "must be host:port", self.listen)
         _need(_is_host_port(self.http_listen), "http_listen", "must be host:port", self.http_listen)
         _check_advertise(self.listen, self.advertise)
@@ -173,14 +168,6 @@ def _need(ok: bool, name: str, rule: str, value: object) -> None:
 
 def _none_or_natural(value: int | None) -> bool:
     return value is None or value >= 0
-
-
-def _is_addresses(text: str) -> bool:
-    try:
-        parse_addresses(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _is_host_port(text: str) -> bool:

@@ -35,7 +35,7 @@ from tidepool.runtime.options import (
     setting,
     whole,
 )
-from tidepool.runtime.replicas import registry_addresses
+from tidepool.runtime.replicas import registry_setting
 
 ENV = "TIDEPOOL_ROUTER_"
 DataPath = Literal["grpc", "relay"]
@@ -62,12 +62,7 @@ def _server_name(text: str) -> str | None:
 class RouterConfig:
     """Everything one router process needs. Durations in seconds."""
 
-    registry: str = setting(
-        "127.0.0.1:7700",
-        "registry gRPC address; replicas comma-separated (A,B,C: the next on failure)",
-        registry_addresses,
-        env="TIDEPOOL_REGISTRY",
-    )
+    registry: str = registry_setting()
     token: str | None = setting(None, "registry read or admin token", env="TIDEPOOL_TOKEN")
     registry_ca: str | None = setting(None, "PEM roots for TLS to the registry")
     service: str = setting("speech", "registry service to watch")

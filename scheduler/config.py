@@ -23,7 +23,7 @@ from tidepool.runtime.options import (
     resolve,
     setting,
 )
-from tidepool.runtime.replicas import registry_addresses
+from tidepool.runtime.replicas import registry_setting
 
 ENV = "TIDEPOOL_SCHEDULER_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -41,12 +41,7 @@ class SchedulerConfig:
     """Everything one scheduler process needs; each field is also a flag, env var and key."""
 
     policy: str = setting("", "TOML policy: pools, watermarks, tenants, providers (required)")
-    registry: str = setting(
-        "127.0.0.1:7700",
-        "registry gRPC address; replicas comma-separated (the next is tried on failure)",
-        registry_addresses,
-        env="TIDEPOOL_REGISTRY",
-    )
+    registry: str = registry_setting()
     token: str | None = setting(None, "registry admin token", env="TIDEPOOL_TOKEN")
     """Admin token: the scheduler labels, drains and moves engines."""
     engine_token: str | None = setting(None, "engine token for engines the local provider starts")

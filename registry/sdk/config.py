@@ -16,7 +16,7 @@ from ipaddress import ip_address
 from types import MappingProxyType
 
 from tidepool.runtime.options import parse_host_port
-from tidepool.runtime.replicas import parse_addresses
+from tidepool.runtime.replicas import is_address_list
 from tidepool.runtime.rules import INSTANCE_ID, INSTANCE_ID_RULE, WEIGHT_MAX
 
 
@@ -60,7 +60,7 @@ class AgentConfig:
     registry's Consul API publishes it as service `tidepool-engine-metrics` (same host)."""
 
     def __post_init__(self) -> None:
-        _need(_is_address_list(self.registry), "registry", "must be host:port[,…]", self.registry)
+        _need(is_address_list(self.registry), "registry", "must be host:port[,…]", self.registry)
         _need(_is_advertisable(self.address), "address", "must be a literal ip:port", self.address)
         _need(bool(self.service), "service", "must not be empty", self.service)
         _need(0 <= self.weight <= WEIGHT_MAX, "weight", "must be 0..1000", self.weight)
@@ -87,14 +87,6 @@ def _need(ok: bool, name: str, rule: str, value: object) -> None:
 
 def _labels_ok(labels: Mapping[str, str]) -> bool:
     return all(isinstance(k, str) and k and isinstance(v, str) for k, v in labels.items())
-
-
-def _is_address_list(text: str) -> bool:
-    try:
-        parse_addresses(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _is_advertisable(text: str) -> bool:

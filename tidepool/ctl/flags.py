@@ -13,7 +13,7 @@ import argparse
 from typing import Any, NoReturn
 
 from tidepool.runtime.options import CONFIG_ENV, CommandParser, Option
-from tidepool.runtime.replicas import registry_addresses
+from tidepool.runtime.replicas import DEFAULT_REGISTRY, REGISTRY_HELP, registry_addresses
 
 OUTPUTS = ("json", "wide")
 
@@ -22,8 +22,8 @@ OPTIONS = (
     Option(
         "registry",
         "TIDEPOOL_REGISTRY",
-        "127.0.0.1:7700",
-        "registry gRPC address; replicas comma-separated (the next is tried on failure)",
+        DEFAULT_REGISTRY,
+        REGISTRY_HELP,
         registry_addresses,
         "HOST:PORT[,…]",
     ),

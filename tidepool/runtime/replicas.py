@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tidepool.runtime.backoff import Backoff
-from tidepool.runtime.options import parse_host_port
+from tidepool.runtime.options import parse_host_port, setting
 
 MAX_REPLICAS = 16
 
@@ -37,6 +37,24 @@ def registry_addresses(text: str) -> str:
     return text
 
 
+def is_address_list(text: str) -> bool:
+    """Whether `parse_addresses` accepts `text` (for configs built without the parser)."""
+    try:
+        parse_addresses(text)
+    except ValueError:
+        return False
+    return True
+
+
+DEFAULT_REGISTRY = "127.0.0.1:7700"
+REGISTRY_HELP = "registry gRPC address; replicas comma-separated (the next is tried on failure)"
+
+
+def registry_setting() -> Any:
+    """The `registry` field every client's config declares: `TIDEPOOL_REGISTRY`, a list."""
+    return setting(DEFAULT_REGISTRY, REGISTRY_HELP, registry_addresses, env="TIDEPOOL_REGISTRY")
+
+
 class ReplicaRotation:
     """Which replica to use now, and how long to wait before the next attempt.
 
@@ -56,10 +74,6 @@ class ReplicaRotation:
     @property
     def current(self) -> str:
         return self.addresses[self._index]
-
-    @property
-    def index(self) -> int:
-        return self._index
 
     def succeeded(self) -> None:
         """The current replica answered: stay on it, and start backoff afresh."""
