@@ -24,6 +24,7 @@ from registry.leadership import LeadershipTable
 from registry.lease import LeaseTable
 from registry.metrics import RegistryMetrics
 from registry.moves import MoveBook
+from registry.published_pools import PublishedPools
 from registry.ratelimit import KeyedRateLimiter
 from registry.records import InstanceRecord, RetiredOverrides, frozen_labels
 from registry.store import Store
@@ -102,6 +103,8 @@ class RegistryCore:
     moves: MoveBook = field(default_factory=MoveBook)
     retired: dict[str, RetiredOverrides] = field(default_factory=dict)
     """Decisions on ids that deregistered gracefully, by id (wall-clock `retired_at`)."""
+    pools: PublishedPools = field(default_factory=PublishedPools)
+    """The pool status the scheduler leader last published."""
     forget_after_s: float = 300.0
     housekept_at: float = -math.inf
 

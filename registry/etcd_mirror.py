@@ -16,9 +16,11 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from registry import published_pools
 from registry.core import RegistryCore
 from registry.etcd_leader import LeaderRecord
 from registry.etcd_liveness import Liveness
+from registry.published_pools import PublishedPools
 from registry.records import (
     AliasRecord,
     InstanceRecord,
@@ -147,6 +149,8 @@ class EtcdMirror:
         value = None if deleted else kv.value
         if kind == "leader":
             self.apply_leader(None if value is None else (value, kv.create_revision))
+        elif kind == "pools":
+            self.apply_pools(value)
         elif kind == "fence":
             if value is not None:
                 leadership = self.core.leadership
@@ -166,6 +170,17 @@ class EtcdMirror:
         record = LeaderRecord.decode(leader[0])
         self.store.leader_created[record.fence] = leader[1]
         self.core.leadership.hold_from_etcd(record.lease(self.core.clock()))
+
+    def apply_pools(self, body: bytes | None) -> None:
+        """The leader published its pool status through some replica: answer with it here too."""
+        core = self.core
+        if body is None:
+            core.pools = PublishedPools()
+            return
+        try:
+            core.pools = published_pools.decode(body, core.wall(), core.clock())
+        except ValueError as exc:
+            log.error("etcd key %s: ignored, damaged: %s", self.store.pools_key.decode(), exc)
 
     def _put(self, kind: str, record: object) -> None:
         core, now = self.core, self.core.clock()
@@ -230,6 +245,7 @@ class EtcdMirror:
         core.moves.load(snapshot.moves)
         core.leadership.fence = max(core.leadership.fence, snapshot.fence)
         self.apply_leader(self.store.loaded.leader)
+        self.apply_pools(self.store.loaded.pools)
         attached = self.store.loaded.attached
         for instance_id in list(catalog.records):
             value = attached.get(instance_id)

@@ -104,6 +104,7 @@ class Replica:
             for instance_id, (value, _revision) in self.store.loaded.attached.items():
                 self._attached(instance_id, Liveness.decode(value))
             self.mirror.apply_leader(self.store.loaded.leader)
+            self.mirror.apply_pools(self.store.loaded.pools)
         self.core.hub.listeners.append(self._observe)
         self._collector = EtcdCollector(self.figures)
         self.core.metrics.registry.register(self._collector)

@@ -4,19 +4,22 @@ Moves and the fencing number are durable (store first, then memory); on the
 embedded store the lease and the pool status are memory only: after a registry
 restart the scheduler takes the leadership again (with a higher fence) and
 republishes its pools. On etcd the lease is etcd's leader key
-(registry/etcd_leader.py), the same for every replica.
+(registry/etcd_leader.py) and the pool status etcd's `pools` key
+(registry/published_pools.py), the same for every replica.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from registry import published_pools
 from registry.core import RegistryCore
 from registry.errors import FailedPreconditionError, InvalidArgumentError
 from registry.etcd_leader import EtcdLeadership
 from registry.fencing import PRESENTED_FENCE
 from registry.leadership import MAX_TTL_S, MIN_TTL_S, LeaderLease
 from registry.moves import MoveRequest
+from registry.published_pools import PublishedPools
 from registry.records import MoveRecord
 from registry.store.etcd import EtcdStore
 from registry.validation import validate_instance_id
@@ -26,16 +29,8 @@ MAX_POOLS = 256
 
 
 @dataclass
-class PublishedPools:
-    pools: tuple[pb.PoolStatus, ...] = ()
-    leader: str = ""
-    published_at: float | None = None
-
-
-@dataclass
 class SchedulingOps:
     core: RegistryCore
-    published: PublishedPools = field(default_factory=PublishedPools)
 
     async def acquire(self, holder: str, ttl_s: float) -> LeaderLease:
         holder = validate_instance_id(holder, "holder")
@@ -98,6 +93,8 @@ class SchedulingOps:
         async with core.lock:
             core.check_fence()
             leader = core.leadership.current(core.clock())
-            self.published = PublishedPools(
-                tuple(pools), leader.holder if leader else "", core.clock()
-            )
+            published = PublishedPools(tuple(pools), leader.holder if leader else "", core.clock())
+            if isinstance(core.store, EtcdStore):
+                body = published_pools.encode(published, core.wall(), core.clock())
+                await core.store.put_pools(body)
+            core.pools = published

@@ -427,9 +427,9 @@ class SchedulingServicer(_Base, pb_grpc.SchedulingServicer):
 
     @unary(Role.READ)
     async def ListPools(self, request: Any, context: Any) -> pb.ListPoolsResponse:
-        published = self.ops.published
+        published = self.core.pools
         response = pb.ListPoolsResponse(pools=published.pools, leader=published.leader)
-        if published.published_at is not None:
-            age_s = max(0.0, self.core.clock() - published.published_at)
+        age_s = published.age_s(self.core.clock())
+        if age_s is not None:
             response.age.FromNanoseconds(int(age_s * 1e9))
         return response

@@ -8,6 +8,7 @@ etcd. Keys (PREFIX is `--etcd-prefix`, ids percent-encoded):
     PREFIX/retired/ID       PREFIX/moves/ID         PREFIX/fence
     PREFIX/attached/ID      (under the etcd lease of the replica an engine is attached to)
     PREFIX/leader           (the scheduler's leader lease, under an etcd lease of its own)
+    PREFIX/pools            (the pool status the leader last published)
 
 A write made for the scheduler leader (the call presents `x-tidepool-fence`) is a
 transaction that compares the leader key's create revision with the one the key
@@ -46,6 +47,7 @@ FENCE_ATTEMPTS = 32
 replica's increment, so this many in a row means a storm, not bad luck)."""
 
 KINDS = ("instances", "aliases", "tenants", "retired", "moves", "attached")
+SINGLE_KEYS = ("fence", "leader", "pools")
 
 
 def encode(part: str) -> str:
@@ -61,6 +63,8 @@ class Loaded:
     """Instance id -> (value, mod revision) of its `attached` key."""
     leader: tuple[bytes, int] | None = None
     """The leader key's value and create revision, when a scheduler leads."""
+    pools: bytes | None = None
+    """The `pools` key's value, once a leader published its pool status."""
 
 
 @dataclass
@@ -113,12 +117,16 @@ class EtcdStore:
     def leader_key(self) -> bytes:
         return (self.prefix + "/leader").encode()
 
+    @property
+    def pools_key(self) -> bytes:
+        return (self.prefix + "/pools").encode()
+
     def split(self, key: bytes) -> tuple[str, list[str]] | None:
         """(kind, decoded parts) of a key under the prefix, or None for a key of no kind."""
         if not key.startswith(self.root):
             return None
         kind, _, rest = key[len(self.root) :].decode().partition("/")
-        if kind in ("fence", "leader") and not rest:
+        if kind in SINGLE_KEYS and not rest:
             return kind, []
         if kind not in KINDS or not rest:
             return None
@@ -145,6 +153,7 @@ class EtcdStore:
         fence = 0
         attached: dict[str, tuple[bytes, int]] = {}
         leader: tuple[bytes, int] | None = None
+        pools: bytes | None = None
         for kv in kvs:
             self.known.note(kv.key, kv.mod_revision)
             place = self.split(kv.key)
@@ -157,12 +166,14 @@ class EtcdStore:
                 attached[parts[0]] = (kv.value, kv.mod_revision)
             elif kind == "leader":
                 leader = (kv.value, kv.create_revision)
+            elif kind == "pools":
+                pools = kv.value
             else:
                 found[kind].append(self._parse(kv.key, kv.value, DECODERS[kind]))
         listed = {kv.key for kv in kvs}
         for key in [k for k in self.known.mod if k not in listed]:
             self.known.note(key, revision, deleted=True)  # gone while we were not watching
-        self.loaded = Loaded(revision, attached, leader)
+        self.loaded = Loaded(revision, attached, leader, pools)
         return StoreSnapshot(
             tuple(found["instances"]),  # type: ignore[arg-type]
             tuple(found["aliases"]),  # type: ignore[arg-type]
@@ -187,19 +198,27 @@ class EtcdStore:
         put = etcd.RequestOp(request_put=etcd.PutRequest(key=key, value=value.encode()))
         await self._write(key, put)
 
+    async def put_pools(self, body: bytes) -> None:
+        """The leader's pool status: fenced, and last writer wins (only the leader writes it,
+        so a change this replica has not mirrored yet is an older status, not a conflict)."""
+        put = etcd.RequestOp(request_put=etcd.PutRequest(key=self.pools_key, value=body))
+        await self._write(self.pools_key, put, guard=False)
+
     async def _delete(self, key: bytes) -> None:
         await self._write(
             key, etcd.RequestOp(request_delete_range=etcd.DeleteRangeRequest(key=key))
         )
 
-    async def _write(self, key: bytes, op: etcd.RequestOp) -> None:
+    async def _write(self, key: bytes, op: etcd.RequestOp, *, guard: bool = True) -> None:
         """One operation in one transaction, applied only if the key is as this replica knows
-        it (no change through another replica is overwritten unseen) and, when a fence is
-        presented, only if the leader key is the one that fence was handed out with."""
+        it (no change through another replica is overwritten unseen; `guard=False` skips
+        that check) and, when a fence is presented, only if the leader key is the one that
+        fence was handed out with."""
         fence = PRESENTED_FENCE.get()
-        compare = [
-            etcd.Compare(key=key, target=etcd.Compare.MOD, mod_revision=self.known.mod.get(key, 0))
-        ]
+        compare = []
+        if guard:
+            mod = self.known.mod.get(key, 0)
+            compare.append(etcd.Compare(key=key, target=etcd.Compare.MOD, mod_revision=mod))
         if fence is not None:
             created = self.leader_created.get(fence)
             if created is None:

@@ -114,3 +114,54 @@ async def test_etcd_itself_refuses_a_deposed_fence_that_a_replica_still_trusts(
         PRESENTED_FENCE.reset(token)
     assert len((await stale_replica.load()).instances) == 1
     await asyncio.gather(stale_replica.close(), other_replica.close())
+
+
+def _pools(*names: str) -> list[pb.PoolStatus]:
+    return [pb.PoolStatus(name=name, lang=name[:2], size=3, ready=2, desired=4) for name in names]
+
+
+async def _publish(clients: Clients, fence: int, pools: list[pb.PoolStatus]) -> grpc.StatusCode:
+    request = pb.PutPoolsRequest(pools=pools)
+    try:
+        await clients.scheduling.PutPools(request, metadata=((FENCE_HEADER, str(fence)),))
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def _listed(clients: Clients, pools: list[pb.PoolStatus], leader: str) -> bool:
+    listed = await clients.scheduling.ListPools(pb.ListPoolsRequest())
+    return list(listed.pools) == pools and listed.leader == leader
+
+
+async def test_pool_status_published_through_one_replica_is_what_every_replica_lists(
+    cluster: EtcdCluster, replicas: Replicas
+) -> None:
+    a = await replicas.replica(cluster.endpoints)
+    b = await replicas.replica(cluster.endpoints)
+    async with replica_clients(a) as ca, replica_clients(b) as cb:
+        first = await _acquire(ca, "sched-1", ttl_s=5.0)
+        morning = _pools("zh-public", "en-public")
+        assert await _publish(ca, first.fence, morning) == grpc.StatusCode.OK
+        await wait_for(
+            lambda: _listed(cb, morning, "sched-1"), 5, "replica B never listed A's pool status"
+        )
+        age = (await cb.scheduling.ListPools(pb.ListPoolsRequest())).age.ToNanoseconds() / 1e9
+        assert 0.0 <= age < 5.0, f"the age of a fresh status came out as {age}s on replica B"
+
+        late = await replicas.replica(cluster.endpoints)
+        async with replica_clients(late) as clate:
+            assert await _listed(clate, morning, "sched-1"), "a replica started later lists none"
+
+        await ca.scheduling.ReleaseLeadership(pb.ReleaseLeadershipRequest(holder="sched-1"))
+        second = await _acquire(cb, "sched-2", ttl_s=5.0)
+        assert second.granted and second.fence > first.fence
+        evening = _pools("en-public", "zh-public", "zh-acme")
+        assert await _publish(cb, second.fence, evening) == grpc.StatusCode.OK
+        await wait_for(
+            lambda: _listed(ca, evening, "sched-2"), 5, "replica A never listed B's pool status"
+        )
+        # The deposed leader, through the replica it knew, changes nothing anywhere.
+        assert await _publish(ca, first.fence, morning) == grpc.StatusCode.FAILED_PRECONDITION
+        for clients in (ca, cb):
+            assert await _listed(clients, evening, "sched-2")

@@ -1,0 +1,55 @@
+"""The pool status the scheduler leader last published (`PutPools`), and its etcd form.
+
+On the embedded store it lives in memory only (a restarted registry shows none
+until the leader's next tick). On etcd every replica must answer `ListPools`
+the same, so the status is also one key, `PREFIX/pools`, written by the
+leader's fenced `PutPools` and applied by every replica's mirror. The key holds
+the publication's wall-clock time, so a replica that learns of it later still
+reports its true age (as far as the replicas' clocks agree).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from google.protobuf import json_format
+
+from tidepool.registry.v1 import registry_pb2 as pb
+
+
+@dataclass(frozen=True)
+class PublishedPools:
+    pools: tuple[pb.PoolStatus, ...] = ()
+    leader: str = ""
+    published_at: float | None = None
+    """The registry's monotonic clock at publication (None: never published)."""
+
+    def age_s(self, now: float) -> float | None:
+        return None if self.published_at is None else max(0.0, now - self.published_at)
+
+
+def encode(published: PublishedPools, wall_now: float, now: float) -> bytes:
+    """The body of the `pools` key: the leader, the wall-clock publication time, the pools."""
+    age = published.age_s(now) or 0.0
+    return json.dumps(
+        {
+            "leader": published.leader,
+            "published_wall": wall_now - age,
+            "pools": [json_format.MessageToDict(p) for p in published.pools],
+        },
+        sort_keys=True,
+    ).encode()
+
+
+def decode(body: bytes, wall_now: float, now: float) -> PublishedPools:
+    """A `pools` key as this replica's status: its age carried over to the local clock.
+
+    ValueError names what is wrong with a damaged body."""
+    try:
+        data = json.loads(body)
+        pools = tuple(json_format.ParseDict(p, pb.PoolStatus()) for p in data["pools"])
+        age = max(0.0, wall_now - float(data["published_wall"]))
+        return PublishedPools(pools, str(data["leader"]), now - age)
+    except (KeyError, TypeError, ValueError, json_format.ParseError) as exc:
+        raise ValueError(f"not a pool status: {exc!r}") from None
