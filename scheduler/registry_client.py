@@ -7,12 +7,15 @@ scheduler that lost its leadership cannot change anything. gRPC errors become
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import grpc
 
-from registry.client import MOVE_STATE_NAMES, MOVE_STATES_BY_NAME, state_name
+from registry.client import MOVE_STATE_NAMES, MOVE_STATES_BY_NAME, freshest, state_name
 from scheduler.errors import FencedError, RegistryCallError
 from scheduler.fleet import HOME_LABEL, PROVIDER_LABEL, Engine, MoveView
 from tidepool.registry.v1 import registry_pb2 as pb
@@ -22,6 +25,7 @@ from tidepool.runtime.replicas import parse_addresses, rebind
 from tidepool.runtime.rules import POOL_LABEL
 
 T = TypeVar("T")
+log = logging.getLogger("tidepool.scheduler")
 CALL_TIMEOUT_S = 5.0
 FENCE_HEADER = "x-tidepool-fence"
 
@@ -43,6 +47,12 @@ def engine_from_pb(instance: Any) -> Engine:
         admin_drained=instance.admin_drained,
         registered_at=instance.registered_at.ToNanoseconds() / 1e9,
     )
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{error.code().name} {error.details() or ''}".strip()
+    return repr(error)
 
 
 def move_from_pb(move: Any) -> MoveView:
@@ -74,6 +84,8 @@ class SchedulerRegistry:
         self._channels: list[grpc.aio.Channel] = []
         self._auth = auth_metadata(token)
         self.fence: int | None = None
+        self._readers: dict[str, tuple[grpc.aio.Channel, pb_grpc.RegistryStub]] = {}
+        """A channel and stub per replica for listing the whole fleet's load (`engines`)."""
         self._connect()
 
     @property
@@ -91,7 +103,7 @@ class SchedulerRegistry:
         return (self._registry, self._admin, self._scheduling)
 
     async def close(self) -> None:
-        for channel in self._channels:
+        for channel in [*self._channels, *(channel for channel, _ in self._readers.values())]:
             await channel.close()
 
     async def _call(self, name: str, method: Callable[..., Awaitable[T]], request: Any) -> T:
@@ -128,15 +140,55 @@ class SchedulerRegistry:
     # ---- reads ------------------------------------------------------------
 
     async def engines(self) -> list[Engine]:
-        engines: list[Engine] = []
+        """The fleet with every engine's load. With several replicas, each is listed: an
+        engine's load is known only to the replica holding its heartbeat stream."""
+        if len(self.targets) == 1:
+            return [engine_from_pb(i) for i in await self._pages(self._list_current)]
+        answers = await asyncio.gather(
+            *(self._pages(partial(self._read, self._reader(t))) for t in self.targets),
+            return_exceptions=True,
+        )
+        listings = [a for a in answers if isinstance(a, list)]
+        errors = [
+            f"{target}: {_describe(answer)}"
+            for target, answer in zip(self.targets, answers, strict=True)
+            if not isinstance(answer, list)
+        ]
+        if not listings:
+            raise RegistryCallError("ListInstances", "UNAVAILABLE", "; ".join(errors))
+        if errors:
+            log.warning("fleet listed without: %s", "; ".join(errors))
+        return [engine_from_pb(i) for i in freshest(listings)]
+
+    async def _list_current(self, request: pb.ListInstancesRequest) -> pb.ListInstancesResponse:
+        return await self._call("ListInstances", self._registry.ListInstances, request)
+
+    @staticmethod
+    async def _pages(
+        call: Callable[[pb.ListInstancesRequest], Awaitable[pb.ListInstancesResponse]],
+    ) -> list[pb.Instance]:
+        instances: list[pb.Instance] = []
         token = ""
         while True:
-            request = pb.ListInstancesRequest(page_token=token)
-            response = await self._call("ListInstances", self._registry.ListInstances, request)
-            engines.extend(engine_from_pb(i) for i in response.instances)
+            response = await call(pb.ListInstancesRequest(page_token=token))
+            instances.extend(response.instances)
             token = response.next_page_token
             if not token:
-                return engines
+                return instances
+
+    def _reader(self, target: str) -> pb_grpc.RegistryStub:
+        if target not in self._readers:
+            channel = open_channel(target)
+            self._readers[target] = (channel, pb_grpc.RegistryStub(channel))
+        return self._readers[target][1]
+
+    async def _read(
+        self, stub: pb_grpc.RegistryStub, request: pb.ListInstancesRequest
+    ) -> pb.ListInstancesResponse:
+        response: pb.ListInstancesResponse = await stub.ListInstances(
+            request, timeout=CALL_TIMEOUT_S, metadata=self._auth
+        )
+        return response
 
     async def moves(self) -> list[MoveView]:
         response = await self._call("ListMoves", self._scheduling.ListMoves, pb.ListMovesRequest())

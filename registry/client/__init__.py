@@ -1,12 +1,13 @@
 """What every client of the registry that is not an engine shares: the router, `ctl`
-and the scheduler read instance and move states as words and put chunked watch
-snapshots back together the same way.
+and the scheduler read instance and move states as words, put chunked watch
+snapshots back together, and merge several replicas' listings the same way.
 
 Everything is importable from here; the submodules are an implementation detail.
 """
 
 from __future__ import annotations
 
+from registry.client.freshest import freshest
 from registry.client.snapshots import SnapshotChunks
 from registry.client.states import (
     MOVE_STATE_NAMES,
@@ -22,5 +23,6 @@ __all__ = [
     "STATES_BY_NAME",
     "STATE_NAMES",
     "SnapshotChunks",
+    "freshest",
     "state_name",
 ]

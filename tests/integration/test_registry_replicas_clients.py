@@ -154,6 +154,7 @@ def test_ctl_uses_the_next_replica_and_names_every_one_when_none_answers(
         listed = _ctl(f"{dead.address},{registry_b.grpc}", "instances", "-o", "json")
         assert listed.returncode == 0, listed.stderr
         assert [i["id"] for i in json.loads(listed.stdout)] == ["e-b"]
+        assert f"warning: listed without {dead.address}" in listed.stderr, listed.stderr
 
         failed = _ctl(f"{dead.address},{dead_too.address}", "instances")
         assert failed.returncode == 1

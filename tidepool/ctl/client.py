@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from registry.client import freshest
 from tidepool.ctl.diagnose import not_a_registry, suspect
 from tidepool.registry.v1 import registry_pb2 as pb
 from tidepool.registry.v1 import registry_pb2_grpc as pb_grpc
@@ -122,12 +125,44 @@ class RegistryClient:
         return True
 
     def list_instances(self, service: str = "") -> list[pb.Instance]:
-        """Every instance, page by page (a large fleet does not fit one message)."""
+        """Every instance, page by page (a large fleet does not fit one message). With
+        several replicas each is listed and every engine shown as the replica holding its
+        heartbeat stream reports it: only that one knows its load."""
+        if len(self.targets) == 1:
+            return self._pages(lambda r: self.call(self.registry.ListInstances, r), service)
+        listings: list[list[pb.Instance]] = []
+        errors: list[str] = []
+        for target in self.targets:
+            with grpc.insecure_channel(target, options=channel_options()) as channel:
+                stub = pb_grpc.RegistryStub(channel)
+                try:
+                    listings.append(self._pages(partial(self._list, stub), service))
+                except grpc.RpcError as exc:
+                    code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+                    details = exc.details() if hasattr(exc, "details") else str(exc)
+                    errors.append(f"{target}: {code}: {details}")
+        if not listings:
+            raise CtlError("no registry replica answered: " + "; ".join(errors))
+        if errors:  # the load of engines attached there is missing: say so, then go on
+            sys.stderr.write("warning: listed without " + "; ".join(errors) + "\n")
+        return freshest(listings)
+
+    def _list(
+        self, registry: pb_grpc.RegistryStub, request: pb.ListInstancesRequest
+    ) -> pb.ListInstancesResponse:
+        response: pb.ListInstancesResponse = registry.ListInstances(
+            request, timeout=CALL_TIMEOUT_S, metadata=self._metadata
+        )
+        return response
+
+    @staticmethod
+    def _pages(
+        list_page: Callable[[pb.ListInstancesRequest], pb.ListInstancesResponse], service: str
+    ) -> list[pb.Instance]:
         instances: list[pb.Instance] = []
         token = ""
         while True:
-            request = pb.ListInstancesRequest(service=service, page_token=token)
-            response = self.call(self.registry.ListInstances, request)
+            response = list_page(pb.ListInstancesRequest(service=service, page_token=token))
             instances.extend(response.instances)
             token = response.next_page_token
             if not token:

@@ -101,13 +101,16 @@ async def etcd_revision(endpoints: str) -> int:
 
 
 @contextlib.asynccontextmanager
-async def beating(engine: RawEngine, interval_s: float = 0.1) -> AsyncIterator[RawEngine]:
-    """Keep `engine` beating (as the SDK does) while the block runs; a dead stream stops it."""
+async def beating(
+    engine: RawEngine, interval_s: float = 0.1, **load: int
+) -> AsyncIterator[RawEngine]:
+    """Keep `engine` beating (as the SDK does, with `load`) while the block runs; a dead
+    stream stops it."""
 
     async def beat_forever() -> None:
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
             while True:
-                await engine.beat()
+                await engine.beat(**load)
                 await asyncio.sleep(interval_s)  # the heartbeat interval
 
     task = asyncio.create_task(beat_forever())

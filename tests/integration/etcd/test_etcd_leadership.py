@@ -155,7 +155,8 @@ async def test_pool_status_published_through_one_replica_is_what_every_replica_l
 
         await ca.scheduling.ReleaseLeadership(pb.ReleaseLeadershipRequest(holder="sched-1"))
         second = await _acquire(cb, "sched-2", ttl_s=5.0)
-        assert second.granted and second.fence > first.fence
+        assert second.granted
+        assert second.fence > first.fence
         evening = _pools("en-public", "zh-public", "zh-acme")
         assert await _publish(cb, second.fence, evening) == grpc.StatusCode.OK
         await wait_for(

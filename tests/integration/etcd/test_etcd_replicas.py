@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from scheduler.registry_client import SchedulerRegistry
 from tests.integration.etcd.conftest import (
     LEASE_TTL_S,
     PREFIX,
@@ -23,6 +24,7 @@ from tests.integration.etcd.conftest import (
 )
 from tests.support.etcd_harness import EtcdCluster, etcd_cluster
 from tests.support.registry_harness import registration, wait_for
+from tidepool.ctl.client import RegistryClient
 from tidepool.registry.v1 import registry_pb2 as pb
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(60)]
@@ -61,6 +63,37 @@ async def test_changes_through_one_replica_reach_the_other(
             assert aliases == ["zh"]
             await cb.registry.Deregister(pb.DeregisterRequest(instance_id="e-1"))
             await wait_for(lambda: _gone(ca, "e-1"), 5, "a deregistration through B stays on A")
+
+
+async def test_the_scheduler_and_ctl_see_each_engines_load_whichever_replica_holds_it(
+    cluster: EtcdCluster, replicas: Replicas
+) -> None:
+    """Load travels only to the replica holding the heartbeat stream (no etcd write per
+    beat), so a client of several replicas lists each and keeps the freshest report."""
+    a = await replicas.replica(cluster.endpoints)
+    b = await replicas.replica(cluster.endpoints)
+    secrets: dict[str, str] = {}
+    async with replica_clients(a, secrets) as ca, replica_clients(b, secrets) as cb:
+        for n, clients in ((1, ca), (2, cb)):
+            await clients.registry.Register(registration(9000 + n, instance_id=f"e-{n}"))
+        async with (
+            beating(await attached(ca, "e-1"), in_flight=5, slots=8),
+            beating(await attached(cb, "e-2"), in_flight=7, slots=8),
+        ):
+            await wait_for(lambda: _is(cb, "e-1", READY), 5, "e-1 is never ready on B")
+            await wait_for(lambda: _is(ca, "e-2", READY), 5, "e-2 is never ready on A")
+            scheduler = SchedulerRegistry(f"{b.grpc},{a.grpc}", None)
+            try:
+                engines = {e.id: e.in_flight for e in await scheduler.engines()}
+            finally:
+                await scheduler.close()
+            ctl = RegistryClient(f"{a.grpc},{b.grpc}", None)
+            try:
+                listed = await asyncio.to_thread(ctl.list_instances)
+            finally:
+                ctl.close()
+    assert engines == {"e-1": 5, "e-2": 7}, "the scheduler lost the load of one replica's engine"
+    assert {i.id: i.load.in_flight for i in listed} == {"e-1": 5, "e-2": 7}
 
 
 async def test_heartbeats_never_become_etcd_writes(
