@@ -20,6 +20,7 @@ import grpc
 
 from tidepool.etcd.v3 import rpc_pb2 as etcd
 from tidepool.etcd.v3 import rpc_pb2_grpc as etcd_grpc
+from tidepool.runtime.channel import RECONNECT_INITIAL_MS, RECONNECT_MAX_MS
 
 T = TypeVar("T")
 RETRYABLE = frozenset(
@@ -36,6 +37,13 @@ CHANNEL_OPTIONS = (
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    # A channel of its own per member connection: after `rotate` a new channel must try
+    # at once, not inherit a shared subchannel still backing off from an outage (grpc
+    # shares subchannels between channels to one address until the old ones are
+    # collected), and its own retries back off at most about a second.
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.initial_reconnect_backoff_ms", RECONNECT_INITIAL_MS),
+    ("grpc.max_reconnect_backoff_ms", RECONNECT_MAX_MS),
 )
 
 
