@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -38,13 +39,18 @@ async def _acquire(clients: Clients, holder: str, ttl_s: float = 0.5) -> pb.Lead
     return await clients.scheduling.AcquireLeadership(request)
 
 
-async def _fenced_weight(clients: Clients, fence: int, weight: int) -> grpc.StatusCode:
-    request = pb.SetWeightRequest(instance_id="e-1", weight=weight)
+async def _fenced(call: Any, request: Any, fence: int) -> grpc.StatusCode:
+    """The status of one call made as the holder of `fence`."""
     try:
-        await clients.admin.SetWeight(request, metadata=((FENCE_HEADER, str(fence)),))
+        await call(request, metadata=((FENCE_HEADER, str(fence)),))
     except grpc.aio.AioRpcError as exc:
         return exc.code()
     return grpc.StatusCode.OK
+
+
+async def _fenced_weight(clients: Clients, fence: int, weight: int) -> grpc.StatusCode:
+    request = pb.SetWeightRequest(instance_id="e-1", weight=weight)
+    return await _fenced(clients.admin.SetWeight, request, fence)
 
 
 async def test_one_leader_across_replicas_and_a_deposed_one_cannot_write(
@@ -121,12 +127,7 @@ def _pools(*names: str) -> list[pb.PoolStatus]:
 
 
 async def _publish(clients: Clients, fence: int, pools: list[pb.PoolStatus]) -> grpc.StatusCode:
-    request = pb.PutPoolsRequest(pools=pools)
-    try:
-        await clients.scheduling.PutPools(request, metadata=((FENCE_HEADER, str(fence)),))
-    except grpc.aio.AioRpcError as exc:
-        return exc.code()
-    return grpc.StatusCode.OK
+    return await _fenced(clients.scheduling.PutPools, pb.PutPoolsRequest(pools=pools), fence)
 
 
 async def _listed(clients: Clients, pools: list[pb.PoolStatus], leader: str) -> bool:
