@@ -122,9 +122,14 @@ class AttemptTimeouts:
     def observe(self, engine_id: str, latency_s: float, now: float) -> None:
         """An attempt on `engine_id` answered after `latency_s` (errors from the engine
         count too: they are answers)."""
-        # On every answered attempt of both data paths: one bucket lookup, no calls
-        # into the windows unless one must rotate.
-        index = bucket_of(latency_s)
+        # On every answered attempt of both data paths: no calls into the windows
+        # unless one must rotate, and `bucket_of` inline.
+        if latency_s <= SMALLEST_S:
+            index = 0
+        else:
+            index = int(math.log2(latency_s / SMALLEST_S) * BUCKETS_PER_DOUBLING) + 1
+            if index >= BUCKETS:
+                index = BUCKETS - 1
         window_s = self.config.window_s
         windows = self._engines.get(engine_id)
         if windows is None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,7 +41,7 @@ from router.retry import (
     may_hedge,
 )
 from router.table import RoutingTable
-from router.timers import Deadline, LoopTimers, Timer
+from router.timers import Deadline, Sweeper
 
 _NONE: frozenset[str] = frozenset()
 PROBE_INTERVAL_S = 0.25
@@ -164,7 +164,7 @@ class Forwarder:
         self.counts: dict[str, AttemptCounts] = {}
         self.ping_failures: dict[str, int] = {}
         """Engine connections failed for want of a PING ACK, by engine address (relay)."""
-        self._timers: LoopTimers | None = None
+        self._sweeper: Sweeper | None = None
         self.prober: Callable[[str], Awaitable[bool]] | None = None
         """Asks an engine at an address whether it answers (`router.relay.upstream.probe`)."""
         self.probe_interval_s = PROBE_INTERVAL_S
@@ -293,7 +293,10 @@ class Forwarder:
             await asyncio.sleep(self.probe_interval_s)  # a period between probes
 
     async def close(self) -> None:
-        """Stop the probes (shutdown)."""
+        """Stop the probes and the attempt sweep (shutdown)."""
+        if self._sweeper is not None:
+            self._sweeper.close()
+            self._sweeper = None
         probes = list(self._probes.values())
         for task in probes:
             task.cancel()
@@ -331,32 +334,38 @@ class Forwarder:
         for address in [a for a in self.ping_failures if a not in addresses]:
             del self.ping_failures[address]
 
-    def timers(self) -> LoopTimers:
-        """The wheel the grpc path's attempt timers run on (made in the running loop)."""
-        loop = asyncio.get_running_loop()
-        if self._timers is None or self._timers.loop is not loop:
-            self._timers = LoopTimers(loop)
-        return self._timers
+    def sweeper(self) -> Sweeper:
+        """The sweep the grpc path's attempt timeouts run on (made in the running loop).
 
-    async def unary(
+        Why `is_running` and not `get_running_loop`: on Python 3.11 the latter costs
+        a getpid system call, and a forwarder serves one loop at a time. A sweep of a
+        loop that stopped is dropped, not closed: its loop may be closed too."""
+        sweeper = self._sweeper
+        if sweeper is None or not sweeper.loop.is_running():
+            loop = asyncio.get_running_loop()
+            sweeper = self._sweeper = Sweeper(loop, self.clock, self.timeouts.config.min_s)
+        return sweeper
+
+    def unary(
         self,
         method: str,
         request: bytes,
         aliases: tuple[str, ...],
         metadata: Metadata,
-        timeout: float,  # noqa: ASYNC109 - the caller's deadline, passed on
+        timeout: float,
         *,
         with_metadata: bool = True,
-    ) -> UnaryAnswer:
-        """Forward one unary call; raises ForwardError with the status to return.
+    ) -> Coroutine[Any, Any, UnaryAnswer]:
+        """Forward one unary call (await the result); raises ForwardError with the status
+        to return. The call's deadline runs from now.
 
         `with_metadata=False` skips collecting the engine's initial and trailing
-        metadata (the in-process client returns the message alone).
+        metadata (the in-process client returns the message alone). Why not `async
+        def`: a coroutine frame more per call, for nothing.
         """
         self.budget.deposit()
-        deadline = Deadline.after(self.clock(), timeout)
-        race = _UnaryRace(self, method, request, aliases, metadata, deadline)
-        return await race.run(with_metadata)
+        deadline = Deadline(self.clock() + timeout)
+        return _UnaryRace(self, method, request, aliases, metadata, deadline).run(with_metadata)
 
 
 class _Try:
@@ -379,10 +388,31 @@ class _Try:
 class _UnaryRace:
     """The attempts of one unary call: one at a time, two while a hedge runs.
 
-    Why call callbacks and one future instead of a task per attempt: every call
-    pays for the waiting, and a future plus a wheel timer costs a few µs where a
-    task and `asyncio.wait` cost several times that.
+    Why this shape: every call pays for the waiting, and almost none needs more
+    than one attempt. An attempt whose timeout can run out before the call's
+    deadline is watched by the forwarder's `Sweeper` (a dict insert and pop per
+    call, no timer); the sweep counts the timeout and starts the hedge itself.
+    While nothing is watched the call is awaited directly, as a plain grpc.aio
+    call would be; once something is, the race waits on one future that the
+    attempts' done callbacks resolve (a task per attempt and `asyncio.wait`
+    would cost several times that).
     """
+
+    __slots__ = (
+        "aliases",
+        "attempts",
+        "deadline",
+        "due",
+        "fwd",
+        "hedged",
+        "live",
+        "metadata",
+        "method",
+        "request",
+        "sweeper",
+        "tried",
+        "wake",
+    )
 
     def __init__(
         self,
@@ -400,76 +430,112 @@ class _UnaryRace:
         self.metadata = metadata
         self.deadline = deadline
         self.live: list[_Try] = []
-        self.exclude = _NONE
+        self.tried: list[str] = []
+        """Engine ids of every attempt so far (a new pick excludes them)."""
         self.attempts = 0
         self.hedged = False
         """Once per call: a hedge that times out too waits (no cascade of attempts)."""
+        self.due = math.inf
+        """The earliest attempt timeout of the live attempts (`Sweeper` reads it)."""
+        self.sweeper: Sweeper | None = None
+        """Set once an attempt of this call was watched: from then on, wait on `wake`."""
         self.wake: asyncio.Future[None] | None = None
 
     async def run(self, with_metadata: bool) -> UnaryAnswer:
-        self.launch(*self.fwd.pick(self.aliases, self.exclude), hedge=False)
+        self.launch(*self.fwd.pick(self.aliases, _NONE), hedge=False)
+        live = self.live
         try:
             while True:
-                done = next((t for t in self.live if t.call.done()), None)
-                if done is None:
-                    await self.wait()
-                    self.check_timeouts()
-                    continue
-                self.live.remove(done)
+                sweeper = self.sweeper
+                if sweeper is None:
+                    done = live[0]  # the only attempt, and nothing else can start one
+                else:
+                    for done in live:  # the loop finds `done`
+                        if done.call.done():
+                            break
+                    else:
+                        # Inline, not a method: this wait is on every watched call.
+                        wake = self.wake = sweeper.loop.create_future()
+                        await wake
+                        self.wake = None
+                        continue
                 answer = await self.settle(done, with_metadata)
                 if answer is not None:
                     return answer
         finally:
-            for loser in self.live:  # a hedge lost, or the caller went away
-                loser.call.cancel()
-                self.fwd.table.in_flight[loser.endpoint.id] -= 1
-                elapsed = self.fwd.clock() - loser.started
-                self.fwd.metrics.answered(loser.alias, loser.endpoint.id, "CANCELLED", elapsed)
+            if self.due != math.inf:  # watched until now (the caller went away)
+                self.due = math.inf
+                assert self.sweeper is not None
+                self.sweeper.unwatch(self)
+            if live:
+                self.cancel_live()
+
+    def cancel_live(self) -> None:
+        """Cancel the attempts still running: a hedge lost, or the caller went away."""
+        fwd = self.fwd
+        for loser in self.live:
+            loser.call.cancel()
+            fwd.table.in_flight[loser.endpoint.id] -= 1
+            elapsed = fwd.clock() - loser.started
+            fwd.metrics.answered(loser.alias, loser.endpoint.id, "CANCELLED", elapsed)
+        self.live.clear()
 
     def launch(self, alias: str, endpoint: Endpoint, hedge: bool) -> None:
         fwd = self.fwd
         self.attempts += 1
-        self.exclude = self.exclude | {endpoint.id}
+        self.tried.append(endpoint.id)
         now = fwd.clock()
+        deadline_at = self.deadline.at
         call: Any = fwd.channels.unary(endpoint.address, self.method)(
-            self.request, timeout=self.deadline.left(now), metadata=self.metadata
+            self.request, timeout=deadline_at - now, metadata=self.metadata
         )
         in_flight = fwd.table.in_flight
         in_flight[endpoint.id] = in_flight.get(endpoint.id, 0) + 1
-        limit = fwd.attempt_timeout_s(self.method, endpoint.id, now)
-        due = math.inf if limit is None else now + limit
+        due = math.inf
+        if self.method in fwd.policy.idempotent_methods:  # as `attempt_timeout_s`, inline
+            due = now + fwd.timeouts.timeout_s(endpoint.id, now)
+        if due >= deadline_at:
+            due = math.inf  # the call's own deadline comes first: nothing to watch
         self.live.append(_Try(alias, endpoint, call, now, due, hedge))
-        call.add_done_callback(self.wake_up)
+        sweeper = self.sweeper
+        if due != math.inf:
+            if sweeper is None:
+                sweeper = fwd._sweeper  # as `fwd.sweeper()`, inline: on every watched call
+                if sweeper is None or not sweeper.loop.is_running():
+                    sweeper = fwd.sweeper()
+                self.sweeper = sweeper
+                for other in self.live:  # a retry's earlier attempts have all ended
+                    if other.call is not call:
+                        other.call.add_done_callback(self.wake_up)
+            if due < self.due:  # else it keeps its place: an earlier attempt is due first
+                self.due = due
+                sweeper.watch(self, now)
+        if sweeper is not None:
+            call.add_done_callback(self.wake_up)
 
     def wake_up(self, *_: object) -> None:
         wake = self.wake
         if wake is not None and not wake.done():
             wake.set_result(None)
 
-    async def wait(self) -> None:
-        """Until an attempt ends or the earliest attempt timeout passes."""
-        loop = asyncio.get_running_loop()
-        self.wake = loop.create_future()
-        due = min(t.due for t in self.live)
-        timer: Timer | None = None
-        if due != math.inf:
-            timers = self.fwd.timers()
-            timer = timers.call_at(loop.time() + due - self.fwd.clock(), self.wake_up)
-        try:
-            await self.wake
-        finally:
-            self.wake = None
-            if timer is not None:
-                self.fwd.timers().cancel(timer)
-
-    def check_timeouts(self) -> None:
+    def swept(self, now: float) -> None:
+        """The sweep found an attempt past its timeout: count it, hedge it if allowed."""
         fwd = self.fwd
-        now = fwd.clock()
         for slow in [t for t in self.live if t.due <= now]:
             slow.due = math.inf
+            if slow.call.done():
+                continue  # it answered: the waiting call settles it
             fwd.attempt_timed_out(slow.alias, slow.endpoint.id, slow.started, slow.endpoint.address)
             if not self.hedged:
                 self.hedge(slow, now)
+        self.rewatch()
+
+    def rewatch(self) -> None:
+        """Recompute `due`; stop being swept once no live attempt has a timeout."""
+        live = self.live
+        self.due = min((t.due for t in live), default=math.inf) if live else math.inf
+        if self.due == math.inf and self.sweeper is not None:
+            self.sweeper.unwatch(self)
 
     def hedge(self, slow: _Try, now: float) -> None:
         """Start a second attempt elsewhere if allowed; else keep waiting on `slow`."""
@@ -477,7 +543,7 @@ class _UnaryRace:
         left = self.deadline.left(now)
         if not may_hedge(fwd.policy, self.method, self.attempts, left, True):
             return
-        picked = fwd.table.pick(self.aliases, self.exclude)
+        picked = fwd.table.pick(self.aliases, frozenset(self.tried))
         if picked is None:
             return  # nowhere else to go: the slow attempt is still the best hope
         if fwd.may_hedge(self.method, slow.alias, slow.endpoint.id, self.attempts, left, True):
@@ -488,15 +554,17 @@ class _UnaryRace:
         """An attempt ended: its answer, or None to keep going (retry or another attempt)."""
         fwd = self.fwd
         alias, endpoint = done.alias, done.endpoint
-        fwd.table.in_flight[endpoint.id] -= 1
         try:
             response = await done.call
         except grpc.aio.AioRpcError as error:
+            self.drop(done)
             self.failed(done, error)
             return None
+        self.drop(done)
         now = fwd.clock()
-        fwd.metrics.answered(alias, endpoint.id, "OK", now - done.started)
-        fwd.observe(endpoint.id, now - done.started, now)
+        latency = now - done.started
+        fwd.metrics.answered(alias, endpoint.id, "OK", latency)
+        fwd.observe(endpoint.id, latency, now)
         fwd.table.report_success(alias, endpoint.id)
         if done.hedge:
             fwd.hedge_won(alias, endpoint.id)
@@ -509,6 +577,20 @@ class _UnaryRace:
             alias,
             endpoint,
         )
+
+    def drop(self, done: _Try) -> None:
+        """`done` ended: no longer live, in flight, or due."""
+        live = self.live
+        live.remove(done)
+        self.fwd.table.in_flight[done.endpoint.id] -= 1
+        if done.due == math.inf:
+            return
+        if live:
+            self.rewatch()
+        else:  # the usual end of a watched call, so without the general case
+            self.due = math.inf
+            assert self.sweeper is not None
+            self.sweeper.unwatch(self)
 
     def failed(self, done: _Try, error: grpc.aio.AioRpcError) -> None:
         """A failed attempt: eject, retry, wait on the other attempt, or raise ForwardError."""
@@ -526,7 +608,7 @@ class _UnaryRace:
             return
         left = self.deadline.left(now)
         if fwd.after_failure(self.method, alias, endpoint, failure, code, self.attempts, left):
-            self.launch(*fwd.pick(self.aliases, self.exclude), hedge=False)
+            self.launch(*fwd.pick(self.aliases, frozenset(self.tried)), hedge=False)
             return
         raise ForwardError(
             code,

@@ -1,4 +1,4 @@
-"""Every timer a call runs, for all three data paths: deadlines, stream watchdogs, one wheel.
+"""Every timer a call runs, for all three data paths: deadlines, stream watchdogs, a wheel, a sweep.
 
 The relay, the grpc.aio path and the in-process client all take their call
 deadline (`Deadline`) and their stream timers (`StreamClock`, `StreamTimeouts`)
@@ -11,7 +11,9 @@ set insert and discard in a bucket of `tick_s` (measured on the development
 machine, see the README). A call's timer lands in the bucket of its due time
 rounded up; `LoopTimers` keeps one loop timer armed for the earliest live
 bucket, so a router whose calls all finish in time wakes about once a deadline,
-not once a call. The cost: a timer fires up to `tick_s` late.
+not once a call. The cost: a timer fires up to `tick_s` late. The grpc path's
+and the client's attempt timeouts pay even less (`Sweeper`): a dict insert and
+pop per call, the items looked at by one periodic pass.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import heapq
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 TICK_S = 0.01
 """The wheel's granularity: a timer fires at most this late."""
@@ -251,3 +254,110 @@ class LoopTimers:
             self._handle.cancel()
             self._handle = None
         self._armed_at = math.inf
+
+
+# ---- the sweep ---------------------------------------------------------------------------
+
+
+class Swept(Protocol):
+    """Something a `Sweeper` watches: its earliest due time, and what to do once past it."""
+
+    @property
+    def due(self) -> float: ...
+
+    def swept(self, now: float) -> None:
+        """`due` has passed (called from the loop; may `watch` or `unwatch` itself)."""
+
+
+class Sweeper:
+    """Items in flight, each asked `swept(now)` once past its `due`, by one loop timer.
+
+    Why instead of a wheel timer per attempt (`LoopTimers`): nearly every attempt
+    answers long before its attempt timeout, so all a call should pay is a dict
+    insert and pop, never a timer object, a bucket or a heap entry. Items are kept in the
+    order watched, which is the order of their `since`; an item is never due
+    before `since + floor_s` (attempt timeouts have a floor), so one pass stops
+    at the first item too young to be due, and the loop timer runs only while
+    something is watched, about once per `floor_s` while every call answers in
+    time. The cost: an item is swept up to `tick_s` late. `clock` is the one
+    the items' times are read on.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        clock: Callable[[], float],
+        floor_s: float,
+        tick_s: float = TICK_S,
+    ) -> None:
+        if not tick_s > 0:
+            raise ValueError(f"sweeper tick_s must be above 0, got {tick_s}")
+        self.loop = loop
+        self._clock = clock
+        self._floor_s = max(floor_s, 0.0)
+        self._tick_s = tick_s
+        self._items: dict[Swept, float] = {}
+        """Item -> its `since`, in the order watched."""
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed_at = math.inf
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def watch(self, item: Swept, since: float) -> None:
+        """Sweep `item` once past its `due` (not before `since + floor_s`); watching an
+        item again moves it to the end, with its new `since`."""
+        items = self._items
+        if item in items:
+            del items[item]
+        items[item] = since
+        at = since + self._floor_s
+        if at < self._armed_at:
+            self._arm(at, since)
+
+    def unwatch(self, item: Swept) -> None:
+        self._items.pop(item, None)  # the loop timer stays: it finds nothing, or the next
+
+    def _arm(self, at: float, now: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed_at = at
+        self._handle = self.loop.call_later(max(at - now, 0.0), self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._armed_at = math.inf
+        now = self._clock()
+        young = now - self._floor_s
+        fired: list[Swept] = []
+        after = math.inf
+        for item, since in self._items.items():
+            if since > young:  # this one and all later ones: too young to be due
+                after = min(after, since + self._floor_s)
+                break
+            due = item.due
+            if due <= now:
+                fired.append(item)
+            elif due < after:
+                after = due
+        try:
+            for item in fired:
+                try:
+                    item.swept(now)
+                except Exception as error:  # one item's failure must not stop the sweep
+                    self.loop.call_exception_handler(
+                        {"message": "attempt sweep failed", "exception": error, "item": item}
+                    )
+        finally:
+            if self._items:
+                # Items swept just now were watched again at `now` at the earliest.
+                at = max(min(after, now + self._floor_s), now + self._tick_s)
+                if at < self._armed_at:
+                    self._arm(at, now)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._armed_at = math.inf
+        self._items.clear()
