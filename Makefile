@@ -1,10 +1,18 @@
 # The usual verbs; each is a thin wrapper so the scripts stay the single source.
 PYTHON ?= .venv/bin/python
 
-.PHONY: install lock proto check test test-fast up bench
+.PHONY: install lock proto check test test-fast up bench compile pure
 
 install:
 	scripts/install.sh
+
+# The relay's modules compiled with mypyc, in place (run again after editing router/relay:
+# the relay warns at import when a source is newer than its compiled module), or pure again.
+compile:
+	TIDEPOOL_RELAY_BUILD=compiled $(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e .
+
+pure:
+	TIDEPOOL_RELAY_BUILD=pure $(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e .
 
 lock:
 	PYTHON=$(PYTHON) scripts/lock.sh

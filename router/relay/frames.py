@@ -14,7 +14,15 @@ import math
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:  # the pure build runs without mypy; compiled, mypyc drops the decorator
+
+    def mypyc_attr(*attrs: str, **kwattrs: object) -> Any:  # type: ignore[misc]
+        return lambda cls: cls
+
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 HEADER = struct.Struct(">HBBBL")
@@ -257,6 +265,7 @@ _CACHE_LIMIT = 4096
 _cache: dict[Header, bytes] = {}
 
 
+@mypyc_attr(native_class=False)  # a list subclass cannot be a native class
 class HeaderList(list[Header]):
     """A decoded header list that comes back whenever its block repeats (the HPACK
     decoder's block cache, `h2core.hpack_decoder`), so what is derived from it is

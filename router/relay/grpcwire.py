@@ -8,7 +8,7 @@ repeats (`frames.HeaderList`) is checked and parsed once, its result kept in it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -47,7 +47,16 @@ def status_block(code: grpc.StatusCode, message: str, trailers_only: bool) -> by
     return f.encode_headers(status)
 
 
-Request = tuple[bytes | None, str | None, str | None, str | None, float | None, list[Header]]
+class Request(NamedTuple):
+    """What routing needs of a request's headers. Why a NamedTuple, not a plain tuple:
+    mypyc unboxes a plain tuple, so the one kept in a `HeaderList` would be rebuilt per call."""
+
+    path: bytes | None
+    alias: str | None
+    tenant: str | None
+    lang: str | None
+    timeout: float | None
+    forward: list[Header]
 
 
 def parse_request(headers: list[Header]) -> Request:
@@ -85,7 +94,7 @@ def _parse_request(headers: list[Header]) -> Request:
             lang = value.decode(errors="replace")
         forward.append((key, value))
     # A HeaderList, so its encoding is kept with it too (`frames.encode_headers`).
-    return path, alias, tenant, lang, timeout, HeaderList(forward)
+    return Request(path, alias, tenant, lang, timeout, HeaderList(forward))
 
 
 _REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+from router.relay import build
 from router.relay import frames as f
 from router.relay.connection import Connection, Flusher
 from router.relay.frames import Settings
@@ -33,6 +35,7 @@ TLS_HANDSHAKE_S = 10.0
 """Longest a caller's TLS handshake may take before its connection is dropped."""
 TLS_SHUTDOWN_S = 5.0
 """Longest wait for a caller's close_notify when a TLS connection is closed."""
+log = logging.getLogger(__name__)
 
 
 class CallerConnection(Connection):
@@ -208,11 +211,14 @@ async def start_relay(
     # on the same port must fail, not quietly take half the callers.
     reuse_port = config.processes > 1 or config.share_port
     server.server = await _listen(loop, server, host, port, reuse_port, listener_tls)
-    sockets = server.server.sockets
+    # uvloop's `sockets` is a list, not the tuple typeshed says (the compiled relay checks).
+    listener: Any = server.server
+    sockets = list(listener.sockets)
     for sock in sockets:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     server.port = sockets[0].getsockname()[1]
+    log.info("relay: listening on port %d, %s build", server.port, build.loaded())
     server._retainer = asyncio.create_task(server._retain())
     server._sweeper = asyncio.create_task(server._sweep())
     return server
