@@ -5,24 +5,14 @@ lease, record and report per engine). CPython's full collection walks all of
 them: 300-600 ms with the event loop stopped, which was the whole watch fan-out
 p99. The cure is the one Instagram documented for long-lived servers: move the
 long-lived objects out of the collector's sight with `gc.freeze()` once they
-exist (after start-up, and again each time the fleet has grown markedly).
-Frozen objects are still freed when their reference count drops; only reference
-cycles among them are not collected, a bounded leak of what existed at a freeze.
+exist (after start-up, and again each time the fleet has grown markedly), and
+collect the young generation less often, so short-lived objects die by
+reference count before they are promoted. Frozen objects are still freed when
+their reference count drops; only reference cycles among them are not collected,
+a bounded leak of what existed at a freeze.
 
-Young collections run on a clock (`CollectionPacer`), not on CPython's
-allocation count. That count is allocations minus deallocations, and at steady
-state each beat frees the previous beat's read (old objects) as it allocates the
-next one, so the count hardly moves while the youngest generation fills with
-every stream's pending read (about eight objects per engine). One collection
-then walked 80,000-100,000 objects: 40-55 ms of CPU (up to 200 ms on a busy
-machine) with the loop stopped, once a second or so at 10,000 engines, and a
-fifth of the registry's CPU. Collected every 100 ms, the young generation holds
-a tenth of that (3-9 ms); the middle generation (where every stream's pending
-read then sits) is walked every 2 minutes, and the whole unfrozen heap every 10.
-Cyclic garbage waits that long at most: memory, not correctness.
-
-Only the process entry point calls `tune()` and runs the `FreezeRunner` and the
-`CollectionPacer`: an in-process registry (tests) leaves its host's collector alone.
+Only the process entry point calls `tune()` and runs the `FreezeRunner`: an
+in-process registry (tests) leaves its host's collector alone.
 """
 
 from __future__ import annotations
@@ -33,12 +23,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-YOUNG_INTERVAL_S = 0.1
-MIDDLE_EVERY = 1200
-"""Young collections per collection of the middle generation (2 minutes): it holds every
-stream's pending read, 80-90 ms to walk at 10,000 engines, so it is walked rarely."""
-FULL_EVERY = 6000
-"""Young collections per full collection of the unfrozen heap (10 minutes)."""
+GEN0_THRESHOLD = 10_000
+"""Allocations between young collections (CPython's default is 700): ten thousand
+beats a second then run ~20 young collections a second, not ~300, each still a
+millisecond or so."""
+GEN1_THRESHOLD = 20
+GEN2_THRESHOLD = 10
 REFREEZE_GROWTH = 0.10
 """Freeze again once the streams outnumber those at the last freeze by this share..."""
 REFREEZE_MIN_STREAMS = 200
@@ -47,9 +37,8 @@ CHECK_INTERVAL_S = 5.0
 
 
 def tune(on_pause: Callable[[int, float], None] | None = None) -> None:
-    """Leave collections to the `CollectionPacer`, freeze what start-up made, and report
-    each collection's pause."""
-    gc.disable()
+    """Set the thresholds, freeze what start-up made, and report each collection's pause."""
+    gc.set_threshold(GEN0_THRESHOLD, GEN1_THRESHOLD, GEN2_THRESHOLD)
     gc.collect()
     gc.freeze()
     if on_pause is not None:
@@ -99,34 +88,3 @@ class FreezeRunner:
         while True:
             await asyncio.sleep(self.interval_s)
             self.check()
-
-
-@dataclass
-class CollectionPacer:
-    """Collects the young generation every `interval_s`, the older ones every so many
-    young collections (called by the process entry point once `tune()` disabled
-    CPython's own trigger)."""
-
-    interval_s: float = YOUNG_INTERVAL_S
-    middle_every: int = MIDDLE_EVERY
-    full_every: int = FULL_EVERY
-    collections: int = 0
-
-    def generation(self) -> int:
-        """Which generation the next collection takes (pure; counts from 1)."""
-        n = self.collections + 1
-        if n % self.full_every == 0:
-            return 2
-        return 1 if n % self.middle_every == 0 else 0
-
-    def tick(self) -> int:
-        """Run one collection; the generation it took."""
-        generation = self.generation()
-        self.collections += 1
-        gc.collect(generation)
-        return generation
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            self.tick()

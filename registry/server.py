@@ -253,7 +253,6 @@ async def run(config: RegistryConfig) -> int:
     heap.tune(lambda gen, s: server.core.metrics.gc_pause.labels(str(gen)).observe(s))
     freezer = heap.FreezeRunner(lambda: len(server.core.attachments))
     server._tasks.add(asyncio.create_task(freezer.run(), name="registry-heap"))
-    server._tasks.add(asyncio.create_task(heap.CollectionPacer().run(), name="registry-gc"))
     sys.stdout.write(
         f"tidepool registry ready grpc={server.grpc_address} http={server.http_address}\n"
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import weakref
 from dataclasses import replace
 
 import pytest
@@ -265,32 +264,6 @@ def test_the_freeze_runner_freezes_once_per_growth() -> None:
         assert runner.freezes == 1
     finally:
         gc.unfreeze()
-
-
-def test_the_pacer_takes_the_older_generations_on_their_own_schedule() -> None:
-    pacer = heap.CollectionPacer(middle_every=3, full_every=6)
-    taken = [pacer.tick() for _ in range(12)]
-    assert taken == [0, 0, 1, 0, 0, 2, 0, 0, 1, 0, 0, 2]
-
-
-def test_a_young_collection_frees_a_cycle_while_the_automatic_trigger_is_off() -> None:
-    class Node:
-        def __init__(self) -> None:
-            self.other: object = self
-
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        freed: list[None] = []
-        node = Node()
-        weakref.finalize(node, lambda: freed.append(None))
-        del node
-        assert freed == [], "a cycle outlives its last reference until a collection"
-        assert heap.CollectionPacer().tick() == 0
-        assert freed == [None], "the pacer's young collection freed the cycle"
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 async def test_a_watcher_of_a_large_fleet_may_fall_behind_by_two_events_per_instance() -> None:
