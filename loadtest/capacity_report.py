@@ -79,10 +79,12 @@ def _pinning_line(pinning: dict[str, Any]) -> str:
     if pinning["registry_cpu"] < 0:
         return "pinning: none (registry and load side share every CPU)"
     nice = pinning.get("registry_nice", 0)
+    generators = pinning.get("generator_nice", 0)
     return (
         f"pinning: registry on CPU {pinning['registry_cpu']} only"
         f"{f' at nice {nice}' if nice else ''}; this process and the "
-        f"load generators on CPUs {pinning['generator_cpus']}"
+        f"load generators{f' (at nice {generators})' if generators else ''} on CPUs "
+        f"{pinning['generator_cpus']}"
     )
 
 
