@@ -17,6 +17,9 @@ from google.protobuf import json_format
 
 from tidepool.registry.v1 import registry_pb2 as pb
 
+MAX_AGE_S = 10 * 365 * 86400.0
+"""A clamp on a damaged or far-off publication time (an age must stay a number)."""
+
 
 @dataclass(frozen=True)
 class PublishedPools:
@@ -27,6 +30,18 @@ class PublishedPools:
 
     def age_s(self, now: float) -> float | None:
         return None if self.published_at is None else max(0.0, now - self.published_at)
+
+
+def shape(published: PublishedPools) -> tuple[object, ...]:
+    """What an operator sees change: pools, sizes, bounds and the leader; not utilisation,
+    which moves every tick."""
+    return (
+        published.leader,
+        tuple(
+            (p.name, p.lang, p.size, p.ready, p.moving_in, p.moving_out, p.desired, p.min, p.max)
+            for p in published.pools
+        ),
+    )
 
 
 def encode(published: PublishedPools, wall_now: float, now: float) -> bytes:
@@ -48,8 +63,11 @@ def decode(body: bytes, wall_now: float, now: float) -> PublishedPools:
     ValueError names what is wrong with a damaged body."""
     try:
         data = json.loads(body)
-        pools = tuple(json_format.ParseDict(p, pb.PoolStatus()) for p in data["pools"])
-        age = max(0.0, wall_now - float(data["published_wall"]))
+        pools = tuple(
+            json_format.ParseDict(p, pb.PoolStatus(), ignore_unknown_fields=True)
+            for p in data["pools"]
+        )
+        age = min(max(0.0, wall_now - float(data["published_wall"])), MAX_AGE_S)
         return PublishedPools(pools, str(data["leader"]), now - age)
     except (KeyError, TypeError, ValueError, json_format.ParseError) as exc:
         raise ValueError(f"not a pool status: {exc!r}") from None

@@ -26,11 +26,17 @@ from registry.validation import validate_instance_id
 from tidepool.registry.v1 import registry_pb2 as pb
 
 MAX_POOLS = 256
+POOLS_REFRESH_S = 10.0
+"""On etcd the pool status is written when its shape changes (pools, sizes, bounds, the
+leader) and otherwise at most this often: utilisation moves every tick, and etcd keeps
+every revision until it is compacted. Other replicas' figures lag by up to this long."""
 
 
 @dataclass
 class SchedulingOps:
     core: RegistryCore
+    written: tuple[object, float] | None = None
+    """The shape of the pool status this replica last wrote to etcd, and when."""
 
     async def acquire(self, holder: str, ttl_s: float) -> LeaderLease:
         holder = validate_instance_id(holder, "holder")
@@ -93,8 +99,15 @@ class SchedulingOps:
         async with core.lock:
             core.check_fence()
             leader = core.leadership.current(core.clock())
-            published = PublishedPools(tuple(pools), leader.holder if leader else "", core.clock())
-            if isinstance(core.store, EtcdStore):
-                body = published_pools.encode(published, core.wall(), core.clock())
-                await core.store.put_pools(body)
+            now = core.clock()
+            published = PublishedPools(tuple(pools), leader.holder if leader else "", now)
+            if isinstance(core.store, EtcdStore) and self._due_in_etcd(published, now):
+                await core.store.put_pools(published_pools.encode(published, core.wall(), now))
+                self.written = (published_pools.shape(published), now)
             core.pools = published
+
+    def _due_in_etcd(self, published: PublishedPools, now: float) -> bool:
+        if self.written is None:
+            return True
+        shape, at = self.written
+        return shape != published_pools.shape(published) or now - at >= POOLS_REFRESH_S

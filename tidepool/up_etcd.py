@@ -40,6 +40,9 @@ class LocalEtcd:
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"tidepool-up={peer}",
+            # etcd keeps every revision until compacted, and refuses writes at its quota:
+            # keep one hour (run etcd clusters of your own with a retention too).
+            "--auto-compaction-mode", "periodic", "--auto-compaction-retention", "1h",
             # Its log goes to its stdout, which we read for the ready line but do not relay.
             "--logger", "zap", "--log-outputs", "stdout",
         ]  # fmt: skip

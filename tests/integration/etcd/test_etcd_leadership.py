@@ -18,7 +18,7 @@ from registry.fencing import FENCE_HEADER, PRESENTED_FENCE
 from registry.records import InstanceRecord, frozen_labels
 from registry.store.etcd import EtcdStore
 from registry.store.etcd_client import EtcdSettings
-from tests.integration.etcd.conftest import PREFIX, Replicas, replica_clients
+from tests.integration.etcd.conftest import PREFIX, Replicas, etcd_revision, replica_clients
 from tests.support.etcd_harness import EtcdCluster, etcd_cluster
 from tests.support.registry_harness import Clients, registration, wait_for
 from tidepool.registry.v1 import registry_pb2 as pb
@@ -149,6 +149,15 @@ async def test_pool_status_published_through_one_replica_is_what_every_replica_l
         )
         age = (await cb.scheduling.ListPools(pb.ListPoolsRequest())).age.ToNanoseconds() / 1e9
         assert 0.0 <= age < 5.0, f"the age of a fresh status came out as {age}s on replica B"
+        # Ticks that move only utilisation are not etcd writes (etcd keeps every revision).
+        before = await etcd_revision(cluster.endpoints)
+        for tick in range(5):
+            busier = _pools("zh-public", "en-public")
+            busier[0].utilization = 0.1 * (tick + 1)
+            assert await _publish(ca, first.fence, busier) == grpc.StatusCode.OK
+        assert await etcd_revision(cluster.endpoints) == before, "a utilisation tick was written"
+        listed = await ca.scheduling.ListPools(pb.ListPoolsRequest())
+        assert listed.pools[0].utilization == pytest.approx(0.5), "A answers its latest tick"
 
         late = await replicas.replica(cluster.endpoints)
         async with replica_clients(late) as clate:
