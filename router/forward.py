@@ -561,6 +561,10 @@ class _UnaryRace:
             self.failed(done, error)
             return None
         self.drop(done)
+        if self.due != math.inf:  # a losing hedge is no longer timed: it is cancelled below
+            self.due = math.inf
+            assert self.sweeper is not None
+            self.sweeper.unwatch(self)
         now = fwd.clock()
         latency = now - done.started
         fwd.metrics.answered(alias, endpoint.id, "OK", latency)

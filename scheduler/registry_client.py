@@ -86,6 +86,8 @@ class SchedulerRegistry:
         self.fence: int | None = None
         self._readers: dict[str, tuple[grpc.aio.Channel, pb_grpc.RegistryStub]] = {}
         """A channel and stub per replica for listing the whole fleet's load (`engines`)."""
+        self._missing: frozenset[str] = frozenset()
+        """Replicas the last listing went without (a warning when that changes)."""
         self._connect()
 
     @property
@@ -149,15 +151,21 @@ class SchedulerRegistry:
             return_exceptions=True,
         )
         listings = [a for a in answers if isinstance(a, list)]
-        errors = [
-            f"{target}: {_describe(answer)}"
+        failed = [
+            (target, answer)
             for target, answer in zip(self.targets, answers, strict=True)
             if not isinstance(answer, list)
         ]
+        errors = [f"{target}: {_describe(answer)}" for target, answer in failed]
         if not listings:
             raise RegistryCallError("ListInstances", "UNAVAILABLE", "; ".join(errors))
-        if errors:
-            log.warning("fleet listed without: %s", "; ".join(errors))
+        missing = frozenset(target for target, _ in failed)
+        if missing != self._missing:  # one line when it starts or changes, one when it ends
+            if missing:
+                log.warning("fleet listed without: %s", "; ".join(errors))
+            else:
+                log.info("fleet listed from every replica again")
+            self._missing = missing
         return [engine_from_pb(i) for i in freshest(listings)]
 
     async def _list_current(self, request: pb.ListInstancesRequest) -> pb.ListInstancesResponse:
