@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
 from registry.store.etcd_client import EtcdClient, EtcdSettings, prefix_end
+from tests.support.etcd_harness import EtcdCluster, etcd_cluster
 from tests.support.processes import ProcessSet, RunningProcess, python_args
 from tests.support.registry_harness import Clients, RawEngine
 from tidepool.registry.v1 import registry_pb2 as pb
@@ -61,6 +63,13 @@ class Replicas(ProcessSet):
             *extra,
         )  # fmt: skip
         return await asyncio.to_thread(self.start, args, READY_LINE, 30.0)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
+    """One etcd member (test files that need a quorum to lose define their own)."""
+    with etcd_cluster(tmp_path / "etcd", members=1) as running:
+        yield running
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ holder, and a deposed leader's fenced writes refused by etcd's own transaction."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,17 +17,11 @@ from registry.records import InstanceRecord, frozen_labels
 from registry.store.etcd import EtcdStore
 from registry.store.etcd_client import EtcdSettings
 from tests.integration.etcd.conftest import PREFIX, Replicas, etcd_revision, replica_clients
-from tests.support.etcd_harness import EtcdCluster, etcd_cluster
+from tests.support.etcd_harness import EtcdCluster
 from tests.support.registry_harness import Clients, registration, wait_for
 from tidepool.registry.v1 import registry_pb2 as pb
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(60)]
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
-    with etcd_cluster(tmp_path / "etcd", members=1) as running:
-        yield running
 
 
 async def _acquire(clients: Clients, holder: str, ttl_s: float = 0.5) -> pb.Leadership:

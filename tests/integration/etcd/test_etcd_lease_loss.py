@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,19 +17,13 @@ from tests.integration.etcd.conftest import (
     replica_clients,
     states,
 )
-from tests.support.etcd_harness import EtcdCluster, etcd_cluster
+from tests.support.etcd_harness import EtcdCluster
 from tests.support.registry_harness import registration, wait_for
 from tidepool.registry.v1 import registry_pb2 as pb
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(60)]
 
 READY = pb.INSTANCE_STATE_READY
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
-    with etcd_cluster(tmp_path / "etcd", members=1) as running:
-        yield running
 
 
 def _attachment_lease(cluster: EtcdCluster, instance_id: str) -> int | None:

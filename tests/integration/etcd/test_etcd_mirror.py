@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import pytest
 
@@ -15,18 +14,12 @@ from registry.server import RegistryServer, build_server
 from registry.store.etcd import EtcdStore
 from registry.store.etcd_client import EtcdClient, EtcdSettings
 from tests.integration.etcd.conftest import PREFIX
-from tests.support.etcd_harness import EtcdCluster, etcd_cluster
+from tests.support.etcd_harness import EtcdCluster
 from tests.support.registry_harness import wait_for
 from tidepool.etcd.v3 import rpc_pb2 as etcd
 from tidepool.etcd.v3 import rpc_pb2_grpc as etcd_grpc
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(60)]
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
-    with etcd_cluster(tmp_path / "etcd", members=1) as running:
-        yield running
 
 
 @asynccontextmanager

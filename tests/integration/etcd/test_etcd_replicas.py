@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -22,7 +20,7 @@ from tests.integration.etcd.conftest import (
     replica_clients,
     states,
 )
-from tests.support.etcd_harness import EtcdCluster, etcd_cluster
+from tests.support.etcd_harness import EtcdCluster
 from tests.support.registry_harness import registration, wait_for
 from tidepool.ctl.client import RegistryClient
 from tidepool.registry.v1 import registry_pb2 as pb
@@ -33,12 +31,6 @@ READY = pb.INSTANCE_STATE_READY
 UNKNOWN = pb.INSTANCE_STATE_UNKNOWN
 UNHEALTHY = pb.INSTANCE_STATE_UNHEALTHY
 DRAINING = pb.INSTANCE_STATE_DRAINING
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
-    with etcd_cluster(tmp_path / "etcd", members=1) as running:
-        yield running
 
 
 async def test_changes_through_one_replica_reach_the_other(

@@ -4,9 +4,7 @@ a failure is StoreUnavailableError naming etcd, and another replica's writes are
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -21,15 +19,9 @@ from registry.records import (
 )
 from registry.store.etcd import EtcdStore
 from registry.store.etcd_client import EtcdSettings
-from tests.support.etcd_harness import EtcdCluster, etcd_cluster
+from tests.support.etcd_harness import EtcdCluster
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(60)]
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
-    with etcd_cluster(tmp_path / "etcd", members=1) as running:
-        yield running
 
 
 def _store(cluster: EtcdCluster, prefix: str = "/tidepool") -> EtcdStore:
