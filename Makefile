@@ -6,8 +6,9 @@ PYTHON ?= .venv/bin/python
 install:
 	scripts/install.sh
 
-# The relay's modules compiled with mypyc, in place (run again after editing router/relay:
-# the relay warns at import when a source is newer than its compiled module), or pure again.
+# The data path (router/relay and router.relay.build.ROUTER_MODULES) compiled with mypyc, in
+# place (run again after editing one of its modules: the relay warns at import when a source
+# is newer than its compiled module), or pure again.
 compile:
 	TIDEPOOL_RELAY_BUILD=compiled $(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e .
 

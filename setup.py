@@ -1,4 +1,7 @@
-"""Build hook: the relay's modules compiled with mypyc where that can be done, else pure Python.
+"""Build hook: the data path compiled with mypyc where that can be done, else pure Python.
+
+What is compiled: the relay (`router/relay`) and the router modules each relayed call runs
+through (`router.relay.build.ROUTER_MODULES`: picking, retry, timers, metrics).
 
 Everything else about the package is in pyproject.toml. TIDEPOOL_RELAY_BUILD chooses:
 
@@ -17,6 +20,7 @@ beside them; `router.relay.build` says at run time which build is loaded.
 from __future__ import annotations
 
 import os
+import runpy
 import sys
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
@@ -42,9 +46,13 @@ def note(message: str) -> None:
     sys.stderr.write(f"tidepool: {message}\n")
 
 
-def relay_sources() -> list[str]:
-    """Every module of router/relay but the package inits and `build`, as relative paths."""
-    paths = sorted((ROOT / "router" / "relay").rglob("*.py"))
+def compiled_sources() -> list[str]:
+    """Every module of router/relay but the package inits and `build`, and the router
+    modules `build.ROUTER_MODULES` names, as relative paths."""
+    relay = ROOT / "router" / "relay"
+    # By path, not import: the package cannot be imported before it is built.
+    router_modules = runpy.run_path(str(relay / "build.py"))["ROUTER_MODULES"]
+    paths = sorted(relay.rglob("*.py")) + [ROOT / "router" / f"{m}.py" for m in router_modules]
     return [str(p.relative_to(ROOT)) for p in paths if p.name not in NEVER_COMPILED]
 
 
@@ -60,7 +68,7 @@ def compiled_extensions(mode: str) -> list[object]:
         note("relay: pure-Python build (no mypyc here: install mypy, build without isolation)")
         return []
     try:  # one shared library for the group, inside the package (not a top-level module)
-        extensions: list[object] = mypycify(relay_sources(), group_name="router.relay._native")
+        extensions: list[object] = mypycify(compiled_sources(), group_name="router._native")
     except BaseException as error:  # a type error ends mypy with SystemExit
         if mode == "compiled":
             raise
@@ -70,18 +78,22 @@ def compiled_extensions(mode: str) -> list[object]:
 
 
 def remove_in_place() -> None:
-    """Drop compiled modules an earlier editable build left beside the sources."""
+    """Drop compiled modules an earlier editable build left beside the sources (the
+    router package holds no other extension modules)."""
     for suffix in EXTENSION_SUFFIXES:
-        for path in (ROOT / "router" / "relay").rglob(f"*{suffix}"):
+        for path in (ROOT / "router").rglob(f"*{suffix}"):
             path.unlink()
 
 
 class OptionalBuildExt(build_ext):
     """Falls back to the pure modules when the C compilation fails (no compiler, no headers),
     unless TIDEPOOL_RELAY_BUILD=compiled. All or nothing: one missing extension of the group
-    would leave a module that cannot import."""
+    would leave a module that cannot import. In place (an editable install), the modules an
+    earlier build left go first: one no longer compiled would shadow its source."""
 
     def run(self) -> None:
+        if self.inplace or getattr(self, "editable_mode", False):
+            remove_in_place()
         try:
             super().run()
         except Exception as error:

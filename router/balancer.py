@@ -21,13 +21,13 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol
 
 from router.endpoint import Endpoint
 from router.slow_start import SlowStartConfig, ramp
 
 PickerKind = Literal["wrr", "least-loaded"]
-PICKER_KINDS: tuple[PickerKind, ...] = ("wrr", "least-loaded")
+PICKER_KINDS: Final[tuple[PickerKind, ...]] = ("wrr", "least-loaded")
 
 RandomSource = Callable[[], float]
 """Returns a float in [0, 1), like `random.random`."""
@@ -35,8 +35,8 @@ RandomSource = Callable[[], float]
 InFlight = Mapping[str, int] | Callable[[str], int]
 """Requests in flight per endpoint id, kept current by the proxy; missing ids count 0."""
 
-_NONE: frozenset[str] = frozenset()
-_DEFAULT_SLOW_START = SlowStartConfig()
+_NONE: Final[frozenset[str]] = frozenset()
+_DEFAULT_SLOW_START: Final = SlowStartConfig()
 
 
 class Picker(Protocol):
@@ -144,13 +144,13 @@ class SmoothWrrPicker(_SnapshotPicker):
         self._index_of = {e.id: i for i, e in enumerate(self._endpoints)}
         self._ids = frozenset(self._index_of)
         self._indices = tuple(range(len(self._endpoints)))
-        self._total = sum(self._weights)
+        self._total: float = sum(self._weights, 0.0)
         self._refresh_at = refresh_at
         self._current = self._carry_over(previous)
 
     def _carry_over(self, previous: SmoothWrrPicker | None) -> list[float]:
         if previous is None or not previous._current or not self._endpoints:
-            return [0] * len(self._endpoints)
+            return [0.0] * len(self._endpoints)
         old = dict(zip((e.id for e in previous._endpoints), previous._current, strict=True))
         total = self._total
         # From a zero sum, counters stay within (-total, (n - 1) * total): clamp to that
@@ -158,7 +158,7 @@ class SmoothWrrPicker(_SnapshotPicker):
         # counters earned under very different weights, then shift all by one constant
         # (which keeps their order) back to the zero sum the guarantees assume.
         low, high = -total, (len(self._endpoints) - 1) * total
-        current = [min(max(old.get(e.id, 0), low), high) for e in self._endpoints]
+        current = [min(max(old.get(e.id, 0.0), low), high) for e in self._endpoints]
         drift = sum(current)
         if drift:
             shift = drift / len(current)
@@ -190,7 +190,7 @@ class SmoothWrrPicker(_SnapshotPicker):
     def _pick_excluding(self, exclude: frozenset[str]) -> Endpoint | None:
         current, weights, index_of = self._current, self._weights, self._index_of
         skip = {index_of[i] for i in exclude if i in index_of}
-        total = self._total - sum(weights[i] for i in skip)
+        total = self._total - sum((weights[i] for i in skip), 0.0)
         best_index, best = -1, -math.inf
         for index in self._indices:
             if index in skip:

@@ -1,7 +1,8 @@
 """The hedge decision, the budget it draws on, and ejection after consecutive attempt timeouts.
 
 Pure parts only (no sockets): `retry.may_hedge`, `OutlierDetector.report_timeout`,
-and `Forwarder`'s bookkeeping over a real routing table and retry budget.
+and `Forwarder`'s bookkeeping over a real routing table (fed a snapshot as the watcher
+feeds it) and a real retry budget.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from router.endpoint import Endpoint
 from router.forward import Forwarder
 from router.outlier import OutlierConfig, OutlierDetector
 from router.retry import MIN_ATTEMPT_S, RetryBudget, RetryPolicy, may_hedge
+from router.table import RoutingTable, TableConfig
+from router.view import RegistryView
+from tidepool.registry.v1 import registry_pb2 as pb
 from tidepool.runtime.options import ConfigError
 
 EVALUATE = "/tidepool.engine.v1.Evaluator/Evaluate"
@@ -84,26 +88,51 @@ class _Clock:
         return self.now
 
 
-class _Table:
-    """Records what the forwarder reports (a routing table's two reports)."""
+class _Ejections:
+    """The table's events sink: remembers each ejection (the rest is ignored)."""
 
     def __init__(self) -> None:
-        self.timeouts: list[tuple[str, str, float]] = []
-        self.in_flight: dict[str, int] = {}
+        self.seen: list[tuple[str, str, str]] = []
 
-    def report_timeout(self, alias: str, engine_id: str, answered_at: float) -> bool:
-        self.timeouts.append((alias, engine_id, answered_at))
-        return False
+    def ejected(self, alias: str, instance_id: str, kind: str) -> None:
+        self.seen.append((alias, instance_id, kind))
 
-    def report_silent(self, address: str) -> list[tuple[str, str]]:
-        return []
+    def panic_changed(self, alias: str, panic: bool) -> None:
+        pass
+
+    def last_resort_changed(self, alias: str, last_resort: bool) -> None:
+        pass
 
 
-def _forwarder(clock: _Clock, ratio: float = 0.0, min_per_s: float = 0.0) -> Forwarder:
+def _table(clock: _Clock, events: _Ejections) -> RoutingTable:
+    """A real routing table: alias zh over engines a, b, c; one counted timeout ejects."""
+    outlier = OutlierConfig(consecutive_timeouts=1, max_ejection_percent=100)
+    table = RoutingTable(TableConfig(outlier=outlier), events=events, clock=clock)
+    engines = [
+        pb.Instance(
+            id=name, service="speech", address=f"{name}.test:7000", weight=100,
+            effective_weight=100, labels={"pool": "zh"}, state=pb.INSTANCE_STATE_READY,
+        )
+        for name in "abc"
+    ]  # fmt: skip
+    view = RegistryView()
+    snapshot = pb.WatchEvent(
+        kind=pb.WatchEvent.KIND_SNAPSHOT,
+        revision=1,
+        instances=engines,
+        aliases=[pb.Alias(name="zh", service="speech", selector="pool=zh")],
+    )
+    table.update(view, view.apply(snapshot))
+    return table
+
+
+def _forwarder(
+    clock: _Clock, ratio: float = 0.0, min_per_s: float = 0.0, events: _Ejections | None = None
+) -> Forwarder:
     budget = RetryBudget(ratio=ratio, min_per_s=min_per_s, window_s=10.0, clock=clock)
     timeouts = AttemptTimeouts(AttemptTimeoutConfig(min_samples=1, min_s=0.05, max_s=5.0))
     return Forwarder(
-        _Table(),  # type: ignore[arg-type]
+        _table(clock, events or _Ejections()),
         ChannelPool(),
         POLICY,
         budget,
@@ -124,19 +153,20 @@ def test_a_hedge_is_taken_from_the_retry_budget_and_refused_when_it_is_spent() -
 
 def test_an_attempt_timeout_counts_toward_ejection_only_if_the_engine_was_silent() -> None:
     clock = _Clock()
-    forwarder = _forwarder(clock)
-    table = forwarder.table
+    events = _Ejections()
+    forwarder = _forwarder(clock, events=events)
     forwarder.observe("a", 0.05, now=1000.0)
     forwarder.observe("b", 0.05, now=1001.0)  # a peer answers calls begun later
     forwarder.attempt_timed_out("zh", "a", started=999.0)  # it answered since: slow
     forwarder.attempt_timed_out("zh", "a", started=1000.5)  # nothing since it began
-    assert table.timeouts == [("zh", "a", 1000.0)]  # type: ignore[attr-defined]
+    assert events.seen == [("zh", "a", "passive")]  # the second one only
     assert forwarder.counts["a"].attempt_timeouts == 2
 
 
 def test_a_fleet_slow_all_at_once_is_not_counted_toward_ejection() -> None:
     clock = _Clock()
-    forwarder = _forwarder(clock)
+    events = _Ejections()
+    forwarder = _forwarder(clock, events=events)
     for engine in "abc":
         forwarder.observe(engine, 0.05, now=1000.0)
     # Every engine silent since 1000.5: nobody is singled out.
@@ -145,7 +175,7 @@ def test_a_fleet_slow_all_at_once_is_not_counted_toward_ejection() -> None:
     # Peers answer, but calls older than the timed-out attempt: slow, not overtaken.
     forwarder.observe("b", 0.9, now=1001.2)
     forwarder.attempt_timed_out("zh", "a", started=1000.5)
-    assert forwarder.table.timeouts == []  # type: ignore[attr-defined]
+    assert events.seen == []
 
 
 def test_the_attempt_timeout_follows_the_engine_and_only_idempotent_methods_have_one() -> None:

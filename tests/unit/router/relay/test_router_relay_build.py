@@ -40,14 +40,16 @@ def touch(path: Path, mtime: float) -> Path:
 
 
 def test_a_source_newer_than_its_compiled_module_is_stale(tmp_path: Path) -> None:
-    touch(tmp_path / f"relay{SUFFIX}", 1000.0)
-    source = touch(tmp_path / "relay.py", 2000.0)
-    touch(tmp_path / f"h2core/connection{SUFFIX}", 2000.0)
-    touch(tmp_path / "h2core/connection.py", 1000.0)
-    names = ["router.relay.relay", "router.relay.h2core.connection"]
-    assert build.stale_sources(names, tmp_path) == [source]
+    touch(tmp_path / f"router/relay/relay{SUFFIX}", 1000.0)
+    source = touch(tmp_path / "router/relay/relay.py", 2000.0)
+    touch(tmp_path / f"router/relay/h2core/connection{SUFFIX}", 2000.0)
+    touch(tmp_path / "router/relay/h2core/connection.py", 1000.0)
+    touch(tmp_path / f"router/table{SUFFIX}", 1000.0)
+    table = touch(tmp_path / "router/table.py", 2000.0)
+    names = ["router.relay.relay", "router.relay.h2core.connection", "router.table"]
+    assert build.stale_sources(names, tmp_path) == [source, table]
 
 
 def test_a_module_without_a_library_beside_it_is_never_stale(tmp_path: Path) -> None:
-    touch(tmp_path / "frames.py", 2000.0)
+    touch(tmp_path / "router/relay/frames.py", 2000.0)
     assert build.stale_sources(["router.relay.frames"], tmp_path) == []
