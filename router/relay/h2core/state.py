@@ -8,8 +8,8 @@ because a connection may run through two billion stream ids.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from enum import Enum
+from typing import Final
 
 
 class StreamState(Enum):
@@ -30,10 +30,6 @@ class StreamState(Enum):
     CLOSED = "closed"
 
 
-LOCAL_DONE = frozenset({StreamState.HALF_CLOSED_LOCAL, StreamState.CLOSED})
-REMOTE_DONE = frozenset({StreamState.HALF_CLOSED_REMOTE, StreamState.CLOSED})
-
-
 class Closure(Enum):
     """How a stream came to be closed: what a late frame on it means."""
 
@@ -45,24 +41,43 @@ class Closure(Enum):
     """The peer reset it: anything more from it is STREAM_CLOSED."""
 
 
-MAX_CLOSED_STREAMS = 1024
+MAX_CLOSED_STREAMS: Final = 1024
 """Closed streams remembered per connection; older ones count as closed long ago."""
 
 
 class ClosedStreams:
-    """The most recent `limit` closed stream ids and how each closed (oldest forgotten first)."""
+    """The most recent `limit` closed stream ids and how each closed (oldest forgotten first).
 
-    __slots__ = ("_ids", "limit")
+    A ring of ids beside a plain dict rather than an OrderedDict: a stream closes once
+    per call on each connection, and the ring's list and dict operations stay native
+    in the compiled build where OrderedDict's are calls into its C type."""
+
+    __slots__ = ("_ids", "_next", "_ring", "limit")
 
     def __init__(self, limit: int = MAX_CLOSED_STREAMS) -> None:
+        if limit < 1:
+            raise ValueError(f"closed streams limit must be 1 or more, got {limit}")
         self.limit = limit
-        self._ids: OrderedDict[int, Closure] = OrderedDict()
+        self._ids: dict[int, Closure] = {}
+        self._ring: list[int] = []
+        """The remembered ids in the order they closed; a full ring is overwritten in turn."""
+        self._next = 0
+        """Where the next id goes once the ring is full: the oldest one's place."""
 
     def add(self, stream_id: int, closure: Closure) -> None:
         ids = self._ids
+        if stream_id in ids:  # closed again (a reset after END_STREAM): how is updated
+            ids[stream_id] = closure
+            return
         ids[stream_id] = closure
-        if len(ids) > self.limit:
-            ids.popitem(last=False)
+        ring = self._ring
+        if len(ring) < self.limit:
+            ring.append(stream_id)
+            return
+        index = self._next
+        del ids[ring[index]]
+        ring[index] = stream_id
+        self._next = index + 1 if index + 1 < self.limit else 0
 
     def get(self, stream_id: int) -> Closure | None:
         """How `stream_id` closed, or None when it is not among the remembered ones."""

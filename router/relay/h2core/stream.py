@@ -7,7 +7,7 @@ what its handlers need (see `router.relay.stream`).
 from __future__ import annotations
 
 from router.relay.h2core.flow import RecvWindow, SendWindow
-from router.relay.h2core.state import LOCAL_DONE, REMOTE_DONE, StreamState
+from router.relay.h2core.state import StreamState
 
 Queued = tuple[int, bytes, bool]
 """(frame type, payload, end) waiting for window, in order."""
@@ -26,12 +26,14 @@ class H2Stream:
     @property
     def local_done(self) -> bool:
         """We wrote END_STREAM (or the stream is closed)."""
-        return self.state in LOCAL_DONE
+        state = self.state  # identity, not set membership: an Enum's hash is Python code
+        return state is StreamState.HALF_CLOSED_LOCAL or state is StreamState.CLOSED
 
     @property
     def remote_done(self) -> bool:
         """The peer sent END_STREAM (or the stream is closed)."""
-        return self.state in REMOTE_DONE
+        state = self.state
+        return state is StreamState.HALF_CLOSED_REMOTE or state is StreamState.CLOSED
 
     @property
     def closed(self) -> bool:
