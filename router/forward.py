@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import grpc
 
@@ -43,8 +43,8 @@ from router.retry import (
 from router.table import RoutingTable
 from router.timers import Deadline, Sweeper
 
-_NONE: frozenset[str] = frozenset()
-PROBE_INTERVAL_S = 0.25
+_NONE: Final[frozenset[str]] = frozenset()
+PROBE_INTERVAL_S: Final = 0.25
 """Between probes of an engine ejected as silent (each waits up to the PING timeout)."""
 
 

@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import (
@@ -29,7 +30,7 @@ from prometheus_client.utils import floatToGoString
 from router.shares import RecentCounts
 from router.table import PoolStatus
 
-REFUSAL_REASONS = (
+REFUSAL_REASONS: Final[tuple[str, ...]] = (
     "rapid_reset",
     "control_flood",
     "handshake_timeout",
@@ -41,15 +42,17 @@ REFUSAL_REASONS = (
     "stream_closed",
 )
 """The bounded `reason` label of `tidepool_router_refusals_total` (the relay's per-peer budgets)."""
-MAX_METHODS = 64
+MAX_METHODS: Final = 64
 """Distinct `method` labels of `tidepool_router_call_seconds`; the rest count as `OTHER_METHOD`."""
-OTHER_METHOD = "other"
-ENGINE_ERROR_CODES = frozenset(
+OTHER_METHOD: Final = "other"
+ENGINE_ERROR_CODES: Final = frozenset(
     {"UNKNOWN", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
 )
 """Answers that count as an engine's recent errors in `GET /v1/endpoints`: the engine's
 or the connection's fault, not the caller's (INVALID_ARGUMENT, CANCELLED, ...)."""
-LATENCY_BUCKETS = (
+# Final tuples are annotated: a bare `Final` tuple becomes a native tuple in the compiled
+# build, which another module-level name cannot read (NameError at import).
+LATENCY_BUCKETS: Final[tuple[float, ...]] = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 
@@ -268,12 +271,12 @@ class RouterMetrics:
             self._last_resort_total.labels(alias).inc()
 
 
-_BOUNDS = LATENCY_BUCKETS
-_bucket = bisect.bisect_left
+_BOUNDS: Final[tuple[float, ...]] = LATENCY_BUCKETS
+_bucket: Final = bisect.bisect_left
 """The bucket of a value: the first bound at or above it (`le`), past the last: +Inf."""
 
 
-_LE = [*(floatToGoString(b) for b in _BOUNDS), "+Inf"]  # type: ignore[no-untyped-call]
+_LE: Final = [*(floatToGoString(b) for b in _BOUNDS), "+Inf"]  # type: ignore[no-untyped-call]
 """The `le` labels, written as prometheus_client's own histograms write them."""
 
 

@@ -24,7 +24,7 @@ import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from router.endpoint import Endpoint
 
@@ -281,7 +281,7 @@ class Departure(StrEnum):
     a registry outage: the engine may still answer, so it can be kept as last resort."""
 
 
-FINAL_DEPARTURES = frozenset({Departure.DEREGISTERED, Departure.DRAINED, Departure.MOVED})
+FINAL_DEPARTURES: Final = frozenset({Departure.DEREGISTERED, Departure.DRAINED, Departure.MOVED})
 
 
 class PoolView(NamedTuple):

@@ -12,17 +12,18 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import Enum
+from typing import Final
 
 import grpc
 
 # Transport failures, as grpc core words them: the engine never produced an answer.
-_CONNECT_MARKERS = (
+_CONNECT_MARKERS: Final[tuple[str, ...]] = (
     "failed to connect",
     "connection refused",
     "connections to all backends failing",
     "no route to host",
 )
-_TRANSPORT_MARKERS = (
+_TRANSPORT_MARKERS: Final[tuple[str, ...]] = (
     "socket closed",
     "connection reset",
     "broken pipe",
@@ -112,9 +113,9 @@ class Decision:
     """A retry that must draw on the retry budget (one that may have reached an engine)."""
 
 
-_FREE = frozenset({Failure.CONNECT, Failure.REFUSED})
+_FREE: Final = frozenset({Failure.CONNECT, Failure.REFUSED})
 """Failures that cost no engine anything: their retries are not budgeted."""
-MIN_ATTEMPT_S = 0.001
+MIN_ATTEMPT_S: Final = 0.001
 """Less of the caller's deadline than this left: no new attempt."""
 
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from typing import Final
 
-WINDOW_S = 60
+WINDOW_S: Final = 60
 """The window the received shares and recent errors cover, in seconds."""
-BUCKET_S = 1.0
+BUCKET_S: Final = 1.0
 """Width of one slot of the ring: a window reads as 59 to 60 seconds long."""
 
 

@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Final, Protocol
 
 import grpc
 
@@ -34,11 +34,11 @@ from router.shares import RecentCounts, configured_shares, largest_gap, received
 from router.slow_start import SlowStartConfig
 from router.view import READY, RegistryView
 
-ALIAS_KEY = "x-tidepool-alias"
-TENANT_KEY = "x-tidepool-tenant"
-LANG_KEY = "x-tidepool-lang"
-_NONE: frozenset[str] = frozenset()
-_SHOWN_CHARS = 64
+ALIAS_KEY: Final = "x-tidepool-alias"
+TENANT_KEY: Final = "x-tidepool-tenant"
+LANG_KEY: Final = "x-tidepool-lang"
+_NONE: Final[frozenset[str]] = frozenset()
+_SHOWN_CHARS: Final = 64
 
 
 class RouteError(Exception):

@@ -15,19 +15,27 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import cast
+from typing import Final, cast
 
 from router.relay import frames as f
 from router.relay.frames import Header, PeerSettings, Settings
 from router.relay.h2core import H2Connection
-from router.relay.h2core import events as ev
+from router.relay.h2core.events import (
+    ConnectionTerminated,
+    DataReceived,
+    DataSent,
+    HeadersReceived,
+    Refused,
+    RequestReceived,
+    StreamReset,
+)
 from router.relay.limits import RelayLimits
 from router.relay.stream import CONNECTION_LOST, Flusher, Stream, StreamHandler
 
 __all__ = ["CONNECTION_LOST", "Connection", "Flusher", "Stream", "StreamHandler"]
 
 log = logging.getLogger(__name__)
-_monotonic = time.monotonic
+_monotonic: Final = time.monotonic
 
 
 class Connection(asyncio.Protocol):
@@ -138,20 +146,20 @@ class Connection(asyncio.Protocol):
             self._delivering = True
             try:
                 for event in events:  # a list iterator also sees what handlers append
-                    if type(event) is ev.DataReceived:
+                    if type(event) is DataReceived:
                         event.stream.handler.on_data(event.stream, event.data, event.end)
-                    elif type(event) is ev.DataSent:
+                    elif type(event) is DataSent:
                         event.stream.handler.on_sent(event.stream, event.length)
-                    elif type(event) is ev.HeadersReceived:
+                    elif type(event) is HeadersReceived:
                         event.stream.handler.on_headers(event.stream, event.headers, event.end)
-                    elif type(event) is ev.RequestReceived:
+                    elif type(event) is RequestReceived:
                         if self.on_new_stream is not None:
                             self.on_new_stream(event.stream, event.headers, event.end)
-                    elif type(event) is ev.StreamReset:
+                    elif type(event) is StreamReset:
                         event.stream.handler.on_reset(event.stream, event.code, event.unprocessed)
-                    elif type(event) is ev.Refused:
+                    elif type(event) is Refused:
                         self.refused(event.reason)
-                    elif type(event) is ev.ConnectionTerminated:
+                    elif type(event) is ConnectionTerminated:
                         log.info("relay: closing an HTTP/2 connection: %s", event.message)
                         self.close()
             finally:

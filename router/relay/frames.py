@@ -14,7 +14,7 @@ import math
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 try:
     from mypy_extensions import mypyc_attr
@@ -24,45 +24,60 @@ except ImportError:  # the pure build runs without mypy; compiled, mypyc drops t
         return lambda cls: cls
 
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-HEADER = struct.Struct(">HBBBL")
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+HEADER: Final = struct.Struct(">HBBBL")
 """A frame header: 24-bit length (as 16 + 8), type, flags, stream id."""
-HEADER_SIZE = 9
+HEADER_SIZE: Final = 9
 
 # Frame types (RFC 9113 §6).
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
-WINDOW_UPDATE, CONTINUATION = 8, 9
+DATA: Final = 0
+HEADERS: Final = 1
+PRIORITY: Final = 2
+RST_STREAM: Final = 3
+SETTINGS: Final = 4
+PUSH_PROMISE: Final = 5
+PING: Final = 6
+GOAWAY: Final = 7
+WINDOW_UPDATE: Final = 8
+CONTINUATION: Final = 9
 
 # Flags.
-END_STREAM = 0x1
-ACK = 0x1
-END_HEADERS = 0x4
-PADDED = 0x8
-PRIORITY_FLAG = 0x20
+END_STREAM: Final = 0x1
+ACK: Final = 0x1
+END_HEADERS: Final = 0x4
+PADDED: Final = 0x8
+PRIORITY_FLAG: Final = 0x20
 
 # Error codes (RFC 9113 §7).
-NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
-STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL = 0x5, 0x6, 0x7, 0x8
-COMPRESSION_ERROR, ENHANCE_YOUR_CALM = 0x9, 0xB
+NO_ERROR: Final = 0x0
+PROTOCOL_ERROR: Final = 0x1
+INTERNAL_ERROR: Final = 0x2
+FLOW_CONTROL_ERROR: Final = 0x3
+STREAM_CLOSED: Final = 0x5
+FRAME_SIZE_ERROR: Final = 0x6
+REFUSED_STREAM: Final = 0x7
+CANCEL: Final = 0x8
+COMPRESSION_ERROR: Final = 0x9
+ENHANCE_YOUR_CALM: Final = 0xB
 
 # Settings identifiers.
-SETTINGS_HEADER_TABLE_SIZE = 0x1
-SETTINGS_ENABLE_PUSH = 0x2
-SETTINGS_MAX_CONCURRENT_STREAMS = 0x3
-SETTINGS_INITIAL_WINDOW_SIZE = 0x4
-SETTINGS_MAX_FRAME_SIZE = 0x5
-SETTINGS_MAX_HEADER_LIST_SIZE = 0x6
+SETTINGS_HEADER_TABLE_SIZE: Final = 0x1
+SETTINGS_ENABLE_PUSH: Final = 0x2
+SETTINGS_MAX_CONCURRENT_STREAMS: Final = 0x3
+SETTINGS_INITIAL_WINDOW_SIZE: Final = 0x4
+SETTINGS_MAX_FRAME_SIZE: Final = 0x5
+SETTINGS_MAX_HEADER_LIST_SIZE: Final = 0x6
 
-KEEPALIVE_PING = b"tidepool"
+KEEPALIVE_PING: Final = b"tidepool"
 """The opaque 8 bytes of our keepalive PINGs."""
-DEFAULT_WINDOW = 65_535
-DEFAULT_MAX_FRAME = 16_384
-MAX_FRAME_LIMIT = (1 << 24) - 1
-MAX_WINDOW = (1 << 31) - 1
-MAX_STREAM_ID = (1 << 31) - 1
+DEFAULT_WINDOW: Final = 65_535
+DEFAULT_MAX_FRAME: Final = 16_384
+MAX_FRAME_LIMIT: Final = (1 << 24) - 1
+MAX_WINDOW: Final = (1 << 31) - 1
+MAX_STREAM_ID: Final = (1 << 31) - 1
 
-_U32 = struct.Struct(">L")
-_SETTING = struct.Struct(">HL")
+_U32: Final = struct.Struct(">L")
+_SETTING: Final = struct.Struct(">HL")
 
 
 class ProtocolError(Exception):
@@ -261,7 +276,7 @@ class PeerSettings:
 # ---- HPACK: literal encoding -------------------------------------------------
 
 Header = tuple[bytes, bytes]
-_CACHE_LIMIT = 4096
+_CACHE_LIMIT: Final = 4096
 _cache: dict[Header, bytes] = {}
 
 
@@ -298,7 +313,7 @@ def encode_header(name: bytes, value: bytes) -> bytes:
     return b"\x00" + hpack_int(len(name), 7) + name + hpack_int(len(value), 7) + value
 
 
-_TIMEOUT_FIELD = encode_header(b"grpc-timeout", b"")[:-1]
+_TIMEOUT_FIELD: Final = encode_header(b"grpc-timeout", b"")[:-1]
 """A grpc-timeout field up to its value's length (a value is at most 9 bytes: one length byte)."""
 
 
@@ -332,7 +347,7 @@ def _encode_headers(headers: Iterable[Header]) -> bytes:
 
 # ---- gRPC header values ------------------------------------------------------
 
-_TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+_TIMEOUT_UNITS: Final = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 
 
 def parse_grpc_timeout(value: bytes) -> float | None:

@@ -8,7 +8,7 @@ repeats (`frames.HeaderList`) is checked and parsed once, its result kept in it.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import grpc
 
@@ -16,24 +16,29 @@ from router.relay import frames as f
 from router.relay.frames import Header, HeaderList
 from router.table import ALIAS_KEY, LANG_KEY, TENANT_KEY
 
-PREFIX_SIZE = 5
+PREFIX_SIZE: Final = 5
 """A gRPC message's prefix: one flag byte, then the length (big-endian u32)."""
-_HOP_BY_HOP = frozenset(
+_HOP_BY_HOP: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
 )
-_STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+_STATUS_BY_NUMBER: Final = {code.value[0]: code for code in grpc.StatusCode}
+_UNKNOWN: Final = grpc.StatusCode.UNKNOWN
+_OK: Final = grpc.StatusCode.OK
 _ALIAS, _TENANT, _LANG = ALIAS_KEY.encode(), TENANT_KEY.encode(), LANG_KEY.encode()
-RESPONSE_HEADERS = f.encode_headers([(b":status", b"200"), (b"content-type", b"application/grpc")])
-OK_TRAILERS = f.encode_headers([(b"grpc-status", b"0")])
+RESPONSE_HEADERS: Final = f.encode_headers(
+    [(b":status", b"200"), (b"content-type", b"application/grpc")]
+)
+OK_TRAILERS: Final = f.encode_headers([(b"grpc-status", b"0")])
 
 
 def grpc_status(headers: list[Header]) -> grpc.StatusCode:
     """The grpc-status in a trailer block (UNKNOWN when absent or malformed)."""
     for key, value in headers:
         if key == b"grpc-status":
-            return _STATUS_BY_NUMBER.get(int(value), grpc.StatusCode.UNKNOWN) if value.isdigit() \
-                else grpc.StatusCode.UNKNOWN  # fmt: skip
-    return grpc.StatusCode.UNKNOWN
+            if value == b"0":  # the common answer, without int() and a dict lookup
+                return _OK
+            return _STATUS_BY_NUMBER.get(int(value), _UNKNOWN) if value.isdigit() else _UNKNOWN
+    return _UNKNOWN
 
 
 def status_block(code: grpc.StatusCode, message: str, trailers_only: bool) -> bytes:
@@ -57,6 +62,8 @@ class Request(NamedTuple):
     lang: str | None
     timeout: float | None
     forward: list[Header]
+    method: str
+    """`path` decoded, as metrics and the retry policy name methods ("" without one)."""
 
 
 def parse_request(headers: list[Header]) -> Request:
@@ -94,11 +101,12 @@ def _parse_request(headers: list[Header]) -> Request:
             lang = value.decode(errors="replace")
         forward.append((key, value))
     # A HeaderList, so its encoding is kept with it too (`frames.encode_headers`).
-    return Request(path, alias, tenant, lang, timeout, HeaderList(forward))
+    method = path.decode(errors="replace") if path else ""
+    return Request(path, alias, tenant, lang, timeout, HeaderList(forward), method)
 
 
-_REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
-_CONNECTION_SPECIFIC = frozenset(
+_REQUEST_PSEUDO: Final = frozenset({b":method", b":scheme", b":path", b":authority"})
+_CONNECTION_SPECIFIC: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
 

@@ -10,6 +10,7 @@ method of the service is UNIMPLEMENTED.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -20,22 +21,22 @@ from router.relay import grpcwire
 from router.relay.frames import Header
 from router.relay.stream import Stream
 
-PREFIX = b"/grpc.health.v1.Health/"
-CHECK = PREFIX + b"Check"
-WATCH = PREFIX + b"Watch"
-MAX_REQUEST_BYTES = 4096
+PREFIX: Final = b"/grpc.health.v1.Health/"
+CHECK: Final = PREFIX + b"Check"
+WATCH: Final = PREFIX + b"Watch"
+MAX_REQUEST_BYTES: Final = 4096
 """A HealthCheckRequest is a service name: anything longer is refused."""
-_SERVING = grpcwire.message(
+_SERVING: Final = grpcwire.message(
     health_pb2.HealthCheckResponse(
         status=health_pb2.HealthCheckResponse.SERVING
     ).SerializeToString()
 )
-_NOT_SERVING = grpcwire.message(
+_NOT_SERVING: Final = grpcwire.message(
     health_pb2.HealthCheckResponse(
         status=health_pb2.HealthCheckResponse.NOT_SERVING
     ).SerializeToString()
 )
-_SERVICE_UNKNOWN = grpcwire.message(
+_SERVICE_UNKNOWN: Final = grpcwire.message(
     health_pb2.HealthCheckResponse(
         status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
     ).SerializeToString()

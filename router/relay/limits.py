@@ -9,8 +9,9 @@ HTTP/2 rapid-reset (CVE-2023-44487) and CONTINUATION-flood (CVE-2024-27316) fixe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
-BURST_S = 10.0
+BURST_S: Final = 10.0
 """A rate budget holds this many seconds' worth: a short burst passes, a flood does not."""
 
 

@@ -11,7 +11,7 @@ message at a time, as the caller's messages arrive.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -25,16 +25,19 @@ from router.relay.frames import Header
 from router.relay.stream import Stream
 from tidepool.engine.v1 import evaluator_pb2
 
-PREFIXES = (b"/grpc.reflection.v1alpha.ServerReflection/", b"/grpc.reflection.v1.ServerReflection/")
-METHOD = b"ServerReflectionInfo"
-SERVICES = (
+PREFIXES: Final[tuple[bytes, ...]] = (
+    b"/grpc.reflection.v1alpha.ServerReflection/",
+    b"/grpc.reflection.v1.ServerReflection/",
+)
+METHOD: Final = b"ServerReflectionInfo"
+SERVICES: Final[tuple[str, ...]] = (
     evaluator_pb2.DESCRIPTOR.services_by_name["Evaluator"].full_name,
     grpc_health.SERVICE_NAME,
     grpc_reflection.SERVICE_NAME,
 )
 """What the relay lists: the engine service it forwards (any other method is forwarded
 too, but has no schema here), and the two it answers itself."""
-MAX_REQUEST_BYTES = 64 << 10
+MAX_REQUEST_BYTES: Final = 64 << 10
 """A reflection request is a name or two: anything longer is refused."""
 _SERVICER = grpc_reflection.ReflectionServicer(SERVICES)
 

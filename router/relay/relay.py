@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import grpc
 
@@ -43,7 +43,7 @@ from router.timers import NO_DEADLINE, Deadline, LoopTimers, StreamClock, Timer
 if TYPE_CHECKING:
     from router.core import RouterCore
 
-BUFFER_LIMIT_BYTES = 1 << 20
+BUFFER_LIMIT_BYTES: Final = 1 << 20
 """Request bytes kept for a retry; a longer request is not retried once sent."""
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,22 @@ class Phase(Enum):
     DONE = "done"
 
 
-_ATTEMPTING = frozenset({Phase.CONNECTING, Phase.SENT, Phase.HELD})
-_UNANSWERED = frozenset({Phase.CONNECTING, Phase.SENT})
-"""The phases an attempt timer runs in: the engine has not answered yet."""
-UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+def _unanswered(phase: Phase) -> bool:
+    """The phases an attempt timer runs in: the engine has not answered yet. (Identity
+    tests, not a frozenset of phases: an Enum's hash is Python code, run per lookup.)"""
+    return phase is Phase.CONNECTING or phase is Phase.SENT
+
+
+def _attempting(phase: Phase) -> bool:
+    return phase is Phase.CONNECTING or phase is Phase.SENT or phase is Phase.HELD
+
+
+# Final: in the compiled build a C static each, not a module attribute looked up per use.
+_monotonic: Final = time.monotonic
+OK: Final = grpc.StatusCode.OK
+UNAVAILABLE: Final = grpc.StatusCode.UNAVAILABLE
+DEADLINE_EXCEEDED: Final = grpc.StatusCode.DEADLINE_EXCEEDED
+RESOURCE_EXHAUSTED: Final = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class Relay:
@@ -77,7 +89,7 @@ class Relay:
         self.core = core
         self.table = core.table
         self.forwarder = core.forwarder
-        self.metrics = core.forwarder.metrics
+        self.metrics = core.metrics  # the forwarder's; as the class: direct calls compiled
         self.refused = core.metrics.refused
         """Counts a refusal for a broken per-peer budget (`router.relay.limits`)."""
         self.pool = pool
@@ -123,8 +135,14 @@ class Relay:
         task.add_done_callback(self.tasks.discard)
 
 
+_GRPC_SERVICES: Final = b"/grpc."
+"""What the paths of every service the relay answers itself begin with."""
+
+
 def _local_call(relay: Relay, stream: Stream, path: bytes, end: bool) -> bool:
     """Answer a call for a service the relay serves itself (health, reflection)."""
+    if not path.startswith(_GRPC_SERVICES):  # an engine's method: one test, not three
+        return False
     if path.startswith(health.PREFIX):
         health.HealthCall(stream, path, relay.is_serving, relay.watchers).start(end)
         return True
@@ -182,14 +200,14 @@ class RelayCall:
 
     def start(self, headers: list[Header]) -> None:
         self.client.handler = self
-        path, alias, tenant, lang, timeout, forward = parse_request(headers)
+        path, alias, tenant, lang, timeout, forward, method = parse_request(headers)
         if not path:
             self.client.conn.reset(self.client, f.PROTOCOL_ERROR)
             return
         if _local_call(self.r, self.client, path, self.request_done):
             return
-        self.method = path.decode(errors="replace")
-        self.began = time.monotonic()
+        self.method = method
+        self.began = _monotonic()
         unary = self.method in self.r.unary
         if timeout is None and unary:
             timeout = self.r.core.config.default_deadline_s
@@ -223,7 +241,7 @@ class RelayCall:
             return
         self.endpoint = endpoint
         self.attempts += 1
-        self.started = time.monotonic()
+        self.started = _monotonic()
         self.phase = Phase.CONNECTING
         self.attempt_due = None
         self.arm_attempt()
@@ -274,7 +292,7 @@ class RelayCall:
         due = self.deadline.at
         if self.clock is not None:
             due = min(due, self.clock.due())
-        if self.attempt_due is not None and self.phase in _UNANSWERED:
+        if self.attempt_due is not None and _unanswered(self.phase):
             due = min(due, self.attempt_due)
         if due == NO_DEADLINE:
             return
@@ -290,7 +308,7 @@ class RelayCall:
         now = self.r.loop.time()
         if self.deadline.left(now) <= 0:
             self.cancel_attempt("DEADLINE_EXCEEDED")
-            self.respond_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            self.respond_error(DEADLINE_EXCEEDED, "Deadline Exceeded")
             return
         if self.attempt_due is not None and now >= self.attempt_due:
             self.attempt_timed_out()
@@ -302,15 +320,15 @@ class RelayCall:
             return
         what, limit = verdict
         message = f"engine {self.endpoint_id} {what} {limit:g} s"
-        self.cancel_attempt(grpc.StatusCode.DEADLINE_EXCEEDED.name)
-        self.respond_error(grpc.StatusCode.DEADLINE_EXCEEDED, message)
+        self.cancel_attempt(DEADLINE_EXCEEDED.name)
+        self.respond_error(DEADLINE_EXCEEDED, message)
 
     def arm_attempt(self) -> None:
         """Start the attempt timer once the engine has the whole request (idempotent methods)."""
         endpoint = self.endpoint
         if self.attempt_due is not None or endpoint is None or not self.request_done:
             return
-        limit = self.r.forwarder.attempt_timeout_s(self.method, endpoint.id, time.monotonic())
+        limit = self.r.forwarder.attempt_timeout_s(self.method, endpoint.id, _monotonic())
         self.attempt_due = NO_DEADLINE if limit is None else self.r.loop.time() + limit
         if limit is not None:
             self.arm()
@@ -322,7 +340,7 @@ class RelayCall:
         otherwise the call keeps waiting on it: slowness never becomes an error."""
         self.attempt_due = NO_DEADLINE
         endpoint = self.endpoint
-        if self.phase not in _UNANSWERED or endpoint is None:
+        if not _unanswered(self.phase) or endpoint is None:
             return
         fwd = self.r.forwarder
         fwd.attempt_timed_out(self.alias, endpoint.id, self.started, endpoint.address)
@@ -341,7 +359,7 @@ class RelayCall:
         self.attempt(picked)
 
     def caller_sent(self) -> None:
-        if self.request_done and self.attempt_due is None and self.phase in _UNANSWERED:
+        if self.request_done and self.attempt_due is None and _unanswered(self.phase):
             self.arm_attempt()
         clock = self.clock
         if clock is not None:
@@ -359,7 +377,7 @@ class RelayCall:
             if self.r.pool.busy_pings:
                 self.r.pool.answered(stream.conn)
             if self.phase is Phase.SENT:
-                now = time.monotonic()
+                now = _monotonic()
                 self.r.forwarder.observe(self.endpoint_id, now - self.started, now)
                 if end:  # trailers-only: the engine's status, no answer sent
                     self.on_trailers(headers, trailers_only=True)
@@ -460,7 +478,7 @@ class RelayCall:
                     return
                 self.r.table.report_failure(self.alias, self.endpoint_id)
                 self.end_attempt()
-                self.respond_error(grpc.StatusCode.UNAVAILABLE, "connection to the engine lost")
+                self.respond_error(UNAVAILABLE, "connection to the engine lost")
             else:
                 self.count("CANCELLED" if code == f.CANCEL else "INTERNAL")
                 self.end_attempt()
@@ -474,18 +492,20 @@ class RelayCall:
         return self.endpoint.id if self.endpoint is not None else ""
 
     def count(self, code: str) -> None:
-        self.r.metrics.answered(self.alias, self.endpoint_id, code, time.monotonic() - self.started)
+        self.r.metrics.answered(self.alias, self.endpoint_id, code, _monotonic() - self.started)
 
     def on_trailers(self, headers: list[Header], trailers_only: bool = False) -> None:
         code = grpc_status(headers)
-        self.count(code.name)
         endpoint = self.endpoint
         assert endpoint is not None
-        failure = classify(code, None, answered=not trailers_only)
-        if code is grpc.StatusCode.OK:
+        if code is OK:  # `name` is a Python property of an Enum: not on the common path
+            self.count("OK")
             self.r.table.report_success(self.alias, endpoint.id)
-        elif self.retry_after(failure, code, self.replayable and self.request_done):
-            return
+        else:
+            self.count(code.name)
+            failure = classify(code, None, answered=not trailers_only)
+            if self.retry_after(failure, code, self.replayable and self.request_done):
+                return
         client = self.client
         if self.phase is Phase.HELD:
             self.send_response_headers(self.held)
@@ -502,7 +522,7 @@ class RelayCall:
         endpoint = self.endpoint
         assert endpoint is not None
         left = self.deadline.left(self.r.loop.time())
-        replayable = replayable and self.phase in _ATTEMPTING
+        replayable = replayable and _attempting(self.phase)
         if not self.r.forwarder.after_failure(
             self.method, self.alias, endpoint, failure, code, self.attempts, left, replayable
         ):
@@ -514,7 +534,7 @@ class RelayCall:
 
     def attempt_failed(self, failure: Failure, message: str) -> None:
         """No answer from the engine: not connected, reset, or refused unprocessed."""
-        code = grpc.StatusCode.UNAVAILABLE
+        code = UNAVAILABLE
         self.count(code.name)
         if self.retry_after(failure, code, self.replayable):
             return
@@ -528,9 +548,9 @@ class RelayCall:
         if direction == "response":
             message += f" from engine {self.endpoint_id}"
         else:
-            self.r.metrics.failed(grpc.StatusCode.RESOURCE_EXHAUSTED.name)
-        self.cancel_attempt(grpc.StatusCode.RESOURCE_EXHAUSTED.name)
-        self.respond_error(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+            self.r.metrics.failed(RESOURCE_EXHAUSTED.name)
+        self.cancel_attempt(RESOURCE_EXHAUSTED.name)
+        self.respond_error(RESOURCE_EXHAUSTED, message)
 
     def respond_error(self, code: grpc.StatusCode, message: str) -> None:
         """End the call for the client with `code` (trailers-only if nothing was sent yet)."""
@@ -566,7 +586,7 @@ class RelayCall:
         self.phase = Phase.DONE
         self.end_attempt()
         if self.method:
-            self.r.metrics.called(self.method, time.monotonic() - self.began)
+            self.r.metrics.called(self.method, _monotonic() - self.began)
         if self.timer is not None:
             self.r.timers.cancel(self.timer)
             self.timer = None

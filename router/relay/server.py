@@ -13,7 +13,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from router.relay import build
 from router.relay import frames as f
@@ -27,13 +27,13 @@ if TYPE_CHECKING:
     from router.config import RouterConfig
     from router.core import RouterCore
 
-ENGINE_FIRST_WINDOW = 64 * 1024
+ENGINE_FIRST_WINDOW: Final = 64 * 1024
 """The stream window an engine is first granted (see `start_relay`)."""
-RETAIN_INTERVAL_S = 5.0
+RETAIN_INTERVAL_S: Final = 5.0
 """How often connections to engines that left the view are closed."""
-TLS_HANDSHAKE_S = 10.0
+TLS_HANDSHAKE_S: Final = 10.0
 """Longest a caller's TLS handshake may take before its connection is dropped."""
-TLS_SHUTDOWN_S = 5.0
+TLS_SHUTDOWN_S: Final = 5.0
 """Longest wait for a caller's close_notify when a TLS connection is closed."""
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 from router.relay.frames import Header, PeerSettings, Settings
 from router.relay.h2core import CONNECTION_LOST, H2Stream
@@ -69,7 +69,7 @@ class _Unclaimed:
         pass
 
 
-UNCLAIMED = _Unclaimed()
+UNCLAIMED: Final = _Unclaimed()
 
 
 class Stream(H2Stream):

@@ -38,15 +38,15 @@ import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from router.relay.connection import Connection, Flusher
 from router.relay.frames import Settings
 from router.relay.limits import RelayLimits
 
-CONNECT_TIMEOUT_S = 2.0
+CONNECT_TIMEOUT_S: Final = 2.0
 """Longest wait for a TCP connection to an engine (capped by the call's deadline)."""
-_MAX_CONNECT_ROUNDS = 4
+_MAX_CONNECT_ROUNDS: Final = 4
 
 
 @dataclass(frozen=True)

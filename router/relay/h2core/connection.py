@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 from router.relay import frames as f
 from router.relay.frames import Header, PeerSettings, ProtocolError, Settings
@@ -27,13 +27,12 @@ from router.relay.h2core.stream import H2Stream
 from router.relay.limits import RateBudget, RelayLimits
 
 S = TypeVar("S", bound=H2Stream)
-_unpack_header = f.HEADER.unpack_from
-_unpack_u32 = struct.Struct(">L").unpack
-_pack_header = f.HEADER.pack
-_PAD_OR_PRIORITY = f.PADDED | f.PRIORITY_FLAG
-_CLOSED = StreamState.CLOSED
-_HALF_LOCAL = StreamState.HALF_CLOSED_LOCAL
-_HALF_REMOTE = StreamState.HALF_CLOSED_REMOTE
+_unpack_u32: Final = struct.Struct(">L").unpack
+_pack_header: Final = f.HEADER.pack
+_PAD_OR_PRIORITY: Final = f.PADDED | f.PRIORITY_FLAG
+_CLOSED: Final = StreamState.CLOSED
+_HALF_LOCAL: Final = StreamState.HALF_CLOSED_LOCAL
+_HALF_REMOTE: Final = StreamState.HALF_CLOSED_REMOTE
 
 
 class H2Connection(Generic[S]):
@@ -151,12 +150,21 @@ class H2Connection(Generic[S]):
                 return
             self._preface_pending = False
             buffer = rest
-        # The frame loop of `frames.parse_frames`, inline: no list and no tuple per frame.
-        pos, end, limit, unpack = 0, len(buffer), self.settings.max_frame_size, _unpack_header
+        # The frame loop of `frames.parse_frames`, inline: no list and no tuple per frame,
+        # and the header read byte by byte (native integer work once compiled, where
+        # struct's unpack would box a tuple of five ints per frame).
+        pos, end, limit = 0, len(buffer), self.settings.max_frame_size
         try:
             while end - pos >= f.HEADER_SIZE:
-                hi, lo, kind, flags, sid = unpack(buffer, pos)
-                length = (hi << 8) | lo
+                length = (buffer[pos] << 16) | (buffer[pos + 1] << 8) | buffer[pos + 2]
+                kind = buffer[pos + 3]
+                flags = buffer[pos + 4]
+                sid = (
+                    (buffer[pos + 5] << 24)
+                    | (buffer[pos + 6] << 16)
+                    | (buffer[pos + 7] << 8)
+                    | buffer[pos + 8]
+                ) & f.MAX_STREAM_ID
                 if length > limit:
                     raise ProtocolError(f.FRAME_SIZE_ERROR, f"frame of {length} bytes > {limit}")
                 start = pos + f.HEADER_SIZE
@@ -164,7 +172,6 @@ class H2Connection(Generic[S]):
                     break
                 pos = start + length
                 payload = buffer[start:pos]
-                sid &= f.MAX_STREAM_ID
                 if kind == f.DATA and self._plain and (payload or flags & f.END_STREAM):
                     self._on_data(sid, flags, payload)  # an empty one is a control frame
                 elif kind == f.HEADERS and self._plain:

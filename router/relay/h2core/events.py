@@ -7,7 +7,7 @@ as cheap to build and to tell apart (`type(event) is ...`) as Python allows.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from router.relay.frames import Header
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 S = TypeVar("S", bound="H2Stream")
 
-CONNECTION_LOST = -1
+CONNECTION_LOST: Final = -1
 """`StreamReset.code` when the whole connection went away."""
 
 

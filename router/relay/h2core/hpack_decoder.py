@@ -23,6 +23,7 @@ kept too) until the table next changes. Bounded per connection by count and size
 from __future__ import annotations
 
 from collections import deque
+from typing import Final
 
 from hpack.exceptions import HPACKError
 from hpack.huffman_table import decode_huffman
@@ -30,21 +31,21 @@ from hpack.table import HeaderTable
 
 from router.relay.frames import COMPRESSION_ERROR, Header, HeaderList, ProtocolError
 
-STATIC_TABLE: tuple[Header, ...] = HeaderTable.STATIC_TABLE
-_STATIC_LEN = len(STATIC_TABLE)
-DEFAULT_TABLE_SIZE = 4096
+STATIC_TABLE: Final[tuple[Header, ...]] = HeaderTable.STATIC_TABLE
+_STATIC_LEN: Final = len(STATIC_TABLE)
+DEFAULT_TABLE_SIZE: Final = 4096
 """SETTINGS_HEADER_TABLE_SIZE: we never announce another, so the peer's encoder may use this."""
-ENTRY_OVERHEAD = 32
+ENTRY_OVERHEAD: Final = 32
 """Bytes an entry costs beyond its name and value (RFC 7541 §4.1), in the table and the list."""
-MAX_INTEGER_BYTES = 5
+MAX_INTEGER_BYTES: Final = 5
 """Continuation bytes an integer may take (as `hpack`): 35 bits is past any sane length."""
 HUFFMAN_CACHE_LIMIT = 4096
-HUFFMAN_CACHE_MAX_STRING = 256
+HUFFMAN_CACHE_MAX_STRING: Final = 256
 """Huffman strings up to this long are cached (at most about 1 MiB in all)."""
 _huffman: dict[bytes, bytes] = {}
-MAX_CACHED_BLOCKS = 8
+MAX_CACHED_BLOCKS: Final = 8
 """Distinct repeating blocks kept per connection (a client sends one or two per method)."""
-MAX_CACHED_LIST_SIZE = 2048
+MAX_CACHED_LIST_SIZE: Final = 2048
 """Only header lists up to this size (as counted against max_list_size) are kept:
 a connection holds at most 16 KiB of them."""
 
