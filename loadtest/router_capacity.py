@@ -16,7 +16,9 @@ change), so "before" and "after" are measured side by side too. `--call stream`
 sends client-streaming calls of `--chunks` messages instead of unary ones.
 A rate ramp then shows where latency blows up (on this machine, usually where
 the whole box saturates, generator and engines included). `--profile` samples
-each path's first router with py-spy during a steady run (`loadtest.profiling`).
+each path's first router with py-spy during a steady run (`loadtest.profiling`);
+`--profile-perf` with perf (`loadtest.perf_profile`), which also names the functions of
+the compiled data path.
 
     .venv/bin/python -m loadtest.router_capacity --profile --json capacity.json
     .venv/bin/python -m loadtest.router_capacity --repeats 3 --processes-list 1 --ramp '' \
@@ -43,6 +45,7 @@ from loadtest.children import ChildError, Children
 from loadtest.generator import run_load
 from loadtest.haproxy import find_haproxy, start_haproxy
 from loadtest.nginx import find_nginx, start_nginx
+from loadtest.perf_profile import profile_perf
 from loadtest.profiling import profile_cprofile, profile_lines, profile_py_spy
 from loadtest.report import render_table, say
 from loadtest.result import LoadResult
@@ -223,17 +226,22 @@ async def ramp(target: Target, args: Any) -> list[dict[str, Any]]:
 
 
 async def profile(fleet: Fleet, targets: Sequence[Target], args: Any) -> dict[str, Any]:
-    """Each data path's first router under py-spy (cProfile if it cannot attach)."""
+    """Each data path's first router under perf (`--profile-perf`) or py-spy (cProfile if
+    it cannot attach)."""
     profiles: dict[str, Any] = {}
     for path in args.data_paths:
         target = next(t for t in targets if t.data_path == path)
         assert target.router is not None
-        say(f"profile: {target.name}, a steady run under py-spy (not counted above)")
-        out, seconds = fleet.work / f"py-spy-{path}.txt", args.duration + 5  # + spawn time
+        tool = "perf" if args.profile_perf else "py-spy"
+        say(f"profile: {target.name}, a steady run under {tool} (not counted above)")
+        out, seconds = fleet.work / f"{tool}-{path}.data", args.duration + 5  # + spawn time
 
         async def load(t: Target = target) -> Run:
             return await measure_run(t, args.rate, args.duration, args)
 
+        if args.profile_perf:
+            profiles[target.name] = await profile_perf(target.router, seconds, out, load)
+            continue
         found = await profile_py_spy(target.router, seconds, out, load, args.profile_native)
         if found is None:
             say("profile: falling back to cProfile")
@@ -266,7 +274,8 @@ async def measure(args: argparse.Namespace, children: Children, work: Path) -> d
             say(f"ramp {','.join(f'{r:g}' for r in args.ramp)}/s, {args.ramp_seconds:g}s a step")
             for target in (t for t in targets if t.router):
                 ramps[target.name] = await ramp(target, args)
-        profiles = await profile(fleet, targets, args) if args.profile else {}
+        wanted = args.profile or args.profile_perf
+        profiles = await profile(fleet, targets, args) if wanted else {}
         counters = {t.name: await fleet.counters(t.router) for t in targets if t.router}
     return {
         "router_counters": counters,
@@ -417,6 +426,7 @@ FLAGS: tuple[Flag, ...] = (
 SWITCHES = (
     ("--profile", "profile each data path's first router (py-spy, else cProfile)"),
     ("--profile-native", "py-spy --native: C frames too (pauses the router per sample)"),
+    ("--profile-perf", "profile with perf instead: it sees the compiled data path by name"),
     ("--no-nginx", "do not run nginx"),
     ("--no-haproxy", "do not run HAProxy"),
 )
