@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 try:
-    from mypy_extensions import mypyc_attr
+    from mypy_extensions import mypyc_attr as mypyc_attr  # re-exported: `stream` uses it too
 except ImportError:  # the pure build runs without mypy; compiled, mypyc drops the decorator
 
     def mypyc_attr(*attrs: str, **kwattrs: object) -> Any:  # type: ignore[misc]
@@ -187,8 +187,14 @@ def u32(value: int) -> bytes:
 
 
 def read_u32(payload: bytes, offset: int = 0) -> int:
-    value: int = _U32.unpack_from(payload, offset)[0]
-    return value
+    """The big-endian u32 at `offset` (the caller checked the length). Byte by byte:
+    native integer work once compiled, where struct would box a tuple and an int."""
+    return (
+        (payload[offset] << 24)
+        | (payload[offset + 1] << 16)
+        | (payload[offset + 2] << 8)
+        | payload[offset + 3]
+    )
 
 
 def window_update(stream_id: int, increment: int) -> bytes:
@@ -320,7 +326,7 @@ _TIMEOUT_FIELD: Final = encode_header(b"grpc-timeout", b"")[:-1]
 def grpc_timeout_field(seconds: float) -> bytes:
     """The grpc-timeout header field for `seconds`, encoded (see `format_grpc_timeout`)."""
     value = format_grpc_timeout(seconds)
-    return _TIMEOUT_FIELD + bytes((len(value),)) + value
+    return b"%s%c%s" % (_TIMEOUT_FIELD, len(value), value)
 
 
 def encode_headers(headers: Iterable[Header]) -> bytes:
@@ -361,7 +367,10 @@ def parse_grpc_timeout(value: bytes) -> float | None:
 
 def format_grpc_timeout(seconds: float) -> bytes:
     """A grpc-timeout value of at least `seconds` in at most 8 digits (rounded up)."""
-    for unit, scale in ((b"u", 1e6), (b"m", 1e3), (b"S", 1.0), (b"M", 1 / 60), (b"H", 1 / 3600)):
+    micros = math.ceil(max(seconds, 0.0) * 1e6)
+    if micros < 100_000_000:  # under 100 s, as a call's deadline usually is: microseconds
+        return b"%du" % max(micros, 1)
+    for unit, scale in ((b"m", 1e3), (b"S", 1.0), (b"M", 1 / 60), (b"H", 1 / 3600)):
         amount = math.ceil(max(seconds, 0.0) * scale)
         if amount < 100_000_000:
             return str(max(amount, 1)).encode() + unit

@@ -194,7 +194,7 @@ class MessageMeter:
         """Walk `data`; the length of the first message over the limit, or None."""
         pos, size = 0, len(data)
         if not self.left and not self.partial and size >= PREFIX_SIZE:  # at a message start
-            length = int.from_bytes(data[1:PREFIX_SIZE], "big")
+            length = f.read_u32(data, 1)
             if length > self.limit:
                 return length
             if size - PREFIX_SIZE <= length:  # the usual case: one message, in this frame or on
@@ -207,7 +207,7 @@ class MessageMeter:
                 pos += step
                 continue
             if not self.partial and size - pos >= PREFIX_SIZE:  # the usual case: no copy
-                length = int.from_bytes(data[pos + 1 : pos + PREFIX_SIZE], "big")
+                length = f.read_u32(data, pos + 1)
                 pos += PREFIX_SIZE
             else:
                 prefix = self.partial + data[pos : pos + PREFIX_SIZE - len(self.partial)]
@@ -216,7 +216,7 @@ class MessageMeter:
                     self.partial = prefix
                     return None
                 self.partial = b""
-                length = int.from_bytes(prefix[1:], "big")
+                length = f.read_u32(prefix, 1)
             if length > self.limit:
                 return length
             self.left = length

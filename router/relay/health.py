@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2
 from router.relay import frames as f
 from router.relay import grpcwire
 from router.relay.frames import Header
-from router.relay.stream import Stream
+from router.relay.stream import Stream, StreamHandler
 
 PREFIX: Final = b"/grpc.health.v1.Health/"
 CHECK: Final = PREFIX + b"Check"
@@ -59,7 +59,7 @@ class Watchers:
             call.end(grpc.StatusCode.UNAVAILABLE, "the router is shutting down")
 
 
-class HealthCall:
+class HealthCall(StreamHandler):
     """One call to the health service (the client stream's handler)."""
 
     def __init__(

@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from router.relay import frames as f
 from router.relay import grpcwire
 from router.relay.frames import Header
-from router.relay.stream import Stream
+from router.relay.stream import Stream, StreamHandler
 from tidepool.engine.v1 import evaluator_pb2
 
 PREFIXES: Final[tuple[bytes, ...]] = (
@@ -49,7 +49,7 @@ def answer(request: reflection_pb2.ServerReflectionRequest) -> bytes:
     return response.SerializeToString()  # type: ignore[no-any-return]
 
 
-class ReflectionCall:
+class ReflectionCall(StreamHandler):
     """One ServerReflectionInfo stream (the client stream's handler): a response per request."""
 
     def __init__(self, stream: Stream, path: bytes) -> None:

@@ -25,7 +25,7 @@ from router.endpoint import Endpoint
 from router.forward import ForwardError
 from router.relay import frames as f
 from router.relay import health, reflection
-from router.relay.connection import CONNECTION_LOST, Connection, Stream
+from router.relay.connection import CONNECTION_LOST, Connection, Stream, StreamHandler
 from router.relay.frames import Header
 from router.relay.grpcwire import (
     MessageMeter,
@@ -152,7 +152,7 @@ def _local_call(relay: Relay, stream: Stream, path: bytes, end: bool) -> bool:
     return False
 
 
-class RelayCall:
+class RelayCall(StreamHandler):
     """A client stream and, in turn, each attempt's upstream stream (a StreamHandler for both)."""
 
     def __init__(self, relay: Relay, client: Stream, request_done: bool) -> None:

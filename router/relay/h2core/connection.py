@@ -13,7 +13,6 @@ after it nothing more is read or written.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from typing import Final, Generic, TypeVar
 
@@ -27,7 +26,6 @@ from router.relay.h2core.stream import H2Stream
 from router.relay.limits import RateBudget, RelayLimits
 
 S = TypeVar("S", bound=H2Stream)
-_unpack_u32: Final = struct.Struct(">L").unpack
 _pack_header: Final = f.HEADER.pack
 _PAD_OR_PRIORITY: Final = f.PADDED | f.PRIORITY_FLAG
 _CLOSED: Final = StreamState.CLOSED
@@ -327,7 +325,7 @@ class H2Connection(Generic[S]):
     def _on_window_update(self, sid: int, payload: bytes) -> None:
         if len(payload) != 4:
             raise ProtocolError(f.FRAME_SIZE_ERROR, "bad WINDOW_UPDATE")
-        increment = _unpack_u32(payload)[0] & f.MAX_WINDOW
+        increment = f.read_u32(payload) & f.MAX_WINDOW
         if not sid:
             self.send_window.grant(increment)
             if self._blocked:

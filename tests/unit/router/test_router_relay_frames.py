@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from router.relay import frames as f
-from router.relay.connection import Connection, Flusher, Stream
+from router.relay.connection import Connection, Flusher, Stream, StreamHandler
 from router.relay.frames import ProtocolError, Settings
 from router.relay.grpcwire import MessageMeter, message
 from router.relay.h2core import RecvWindow, SendWindow
@@ -255,7 +255,7 @@ class FakeTransport(asyncio.Transport):
         return parsed
 
 
-class Recorder:
+class Recorder(StreamHandler):
     def __init__(self) -> None:
         self.sent: list[int] = []
         self.resets: list[tuple[int, bool]] = []

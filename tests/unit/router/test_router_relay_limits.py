@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from router.relay import frames as f
-from router.relay.connection import Connection, Flusher, Stream
+from router.relay.connection import Connection, Flusher, Stream, StreamHandler
 from router.relay.frames import Header, Settings
 from router.relay.grpcwire import check_request, check_trailers
 from router.relay.h2core import RecvWindow
@@ -64,7 +64,7 @@ class BufferingTransport(asyncio.Transport):
         self.closed = True
 
 
-class Recorder:
+class Recorder(StreamHandler):
     def __init__(self) -> None:
         self.sent = 0
         self.received = 0
