@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any
@@ -132,12 +133,12 @@ class RouterClient:
         tenant: str | None = None,
         lang: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the call's deadline, passed on
-        metadata: Metadata = (),
+        metadata: Sequence[tuple[str, str | bytes]] = (),
     ) -> bytes:
         """Call a unary `method` with serialized `request`; the serialized response.
 
         The routing key picks the engine here and is not sent to it; `metadata`
-        goes to the engine as given.
+        (any sequence of pairs, as grpc takes) goes to the engine as given.
         """
         core = self.core
         try:
@@ -146,7 +147,7 @@ class RouterClient:
                 method,
                 request,
                 aliases,
-                metadata,
+                tuple(metadata),  # the forwarder (compiled) takes a tuple, callers often a list
                 timeout if timeout is not None else self._config.default_deadline_s,
                 with_metadata=False,
             )
@@ -164,7 +165,7 @@ class RouterClient:
         tenant: str | None = None,
         lang: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the call's deadline, passed on
-        metadata: Metadata = (),
+        metadata: Sequence[tuple[str, str | bytes]] = (),
     ) -> evaluator_pb2.EvaluateResponse:
         """`Evaluator.Evaluate` on a balanced engine."""
         raw = await self.unary(

@@ -41,7 +41,7 @@ class RecentCounts:
 
     __slots__ = ("_bucket_s", "_rings", "_slots")
 
-    def __init__(self, window_s: int = WINDOW_S, bucket_s: float = BUCKET_S) -> None:
+    def __init__(self, window_s: float = WINDOW_S, bucket_s: float = BUCKET_S) -> None:
         if not window_s >= bucket_s > 0 or math.isinf(window_s):
             raise ValueError(
                 f"router shares: need window_s >= bucket_s > 0, got {window_s}, {bucket_s}"

@@ -72,6 +72,15 @@ async def test_client_balances_across_engines_per_their_weights(client: RouterCl
         assert abs(got[engine] - weight / total) <= 0.02, f"{engine}: {got[engine]:.3f}; {got}"
 
 
+async def test_client_takes_metadata_as_any_sequence_of_pairs(client: RouterClient) -> None:
+    """A list, as grpc's own stubs take it (the compiled forwarder takes only a tuple)."""
+    for metadata in ([("x-request-id", "r-1")], (("x-request-id", "r-2"),)):
+        response = await client.evaluate(
+            evaluate_request(), alias=PUBLIC, timeout=5, metadata=metadata
+        )
+        assert response.engine_id in WEIGHTS
+
+
 async def test_client_raises_not_found_for_an_unknown_alias(client: RouterClient) -> None:
     with pytest.raises(RouterCallError) as caught:
         await client.evaluate(evaluate_request(), alias="no-such-pool", timeout=5)
