@@ -10,6 +10,7 @@ and the config's `__post_init__` is the one place for checks across fields.
 from __future__ import annotations
 
 import argparse
+import math
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
@@ -49,10 +50,13 @@ def _number(text: str, kind: type[float] | type[int]) -> float:
 
 
 def number(low: float, high: float | None = None, *, above: bool = False) -> Callable[[str], float]:
-    """A parser of numbers in [low, high] (or above `low`), saying the rule when out of it."""
+    """A parser of numbers in [low, high] (or above `low`), saying the rule when out of it.
+    Never infinity or NaN: no setting means "forever" by a number (a duration, a share)."""
 
     def parse(text: str) -> float:
         value = _number(text, float)
+        if not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {text}")
         too_low = value <= low if above else value < low
         if too_low or (high is not None and value > high) or value != value:
             bound = f"above {low:g}" if above else f"{low:g} or more"
