@@ -11,14 +11,45 @@ reports its true age (as far as the replicas' clocks agree).
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from google.protobuf import json_format
 
+from registry.errors import InvalidArgumentError
+from registry.validation import validate_lang, validate_name
 from tidepool.registry.v1 import registry_pb2 as pb
 
 MAX_AGE_S = 10 * 365 * 86400.0
 """A clamp on a damaged or far-off publication time (an age must stay a number)."""
+
+
+_RATIOS = ("utilization", "target_utilization", "high_watermark", "low_watermark")
+"""PoolStatus fields that are shares of capacity: finite and never negative."""
+
+
+def validate_pools(pools: Sequence[pb.PoolStatus]) -> None:
+    """A publication every client can show: named pools (each once) of a known language,
+    with ratios that are numbers. Why check what only the scheduler leader sends: it
+    holds an admin token, not a proof of sanity, and on etcd it is stored for every
+    replica to serve."""
+    seen: dict[str, int] = {}
+    for index, pool in enumerate(pools):
+        field = f"pools[{index}]"
+        validate_name(pool.name, f"{field}.name")
+        if pool.name in seen:
+            raise InvalidArgumentError(
+                f"{field}.name", f"repeats pool {pool.name!r} (also pools[{seen[pool.name]}])"
+            )
+        seen[pool.name] = index
+        validate_lang(pool.lang, f"{field}.lang")
+        for name in _RATIOS:
+            value = getattr(pool, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise InvalidArgumentError(
+                    f"{field}.{name}", f"must be a finite number, 0 or more, got {value}"
+                )
 
 
 @dataclass(frozen=True)

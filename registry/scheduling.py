@@ -91,6 +91,7 @@ class SchedulingOps:
     async def put_pools(self, pools: list[pb.PoolStatus]) -> None:
         if len(pools) > MAX_POOLS:
             raise InvalidArgumentError("pools", f"at most {MAX_POOLS} pools, got {len(pools)}")
+        published_pools.validate_pools(pools)
         if PRESENTED_FENCE.get() is None:
             raise FailedPreconditionError(
                 "x-tidepool-fence: only the scheduler leader publishes pool status"

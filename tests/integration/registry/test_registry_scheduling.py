@@ -484,6 +484,34 @@ async def test_too_many_pools_is_invalid(tmp_path: Path) -> None:
         assert list((await _pools(c)).pools) == []
 
 
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        ({"name": "Not A Name"}, "pools[1].name"),
+        ({"name": "zh-a"}, "pools[1].name"),  # twice
+        ({"lang": ""}, "pools[1].lang"),
+        ({"utilization": float("nan")}, "pools[1].utilization"),
+        ({"high_watermark": -0.5}, "pools[1].high_watermark"),
+    ],
+)
+async def test_a_malformed_pool_status_is_invalid_and_publishes_nothing(
+    tmp_path: Path, bad: dict[str, object], field: str
+) -> None:
+    async with running_registry(tmp_path, **STEADY) as server, clients(server) as c:
+        fence = _fenced(c, await _lead(c, "sched-a"))
+        await c.scheduling.PutPools(pb.PutPoolsRequest(pools=POOLS), metadata=fence)
+        broken = pb.PoolStatus()
+        broken.CopyFrom(POOLS[1])
+        for key, value in bad.items():
+            setattr(broken, key, value)
+        await _refused(
+            c.scheduling.PutPools(pb.PutPoolsRequest(pools=[POOLS[0], broken]), metadata=fence),
+            INVALID,
+            field,
+        )
+        assert list((await _pools(c)).pools) == POOLS  # the last good publication stays
+
+
 # --- tokens -------------------------------------------------------------------------------
 
 Call = Callable[[Clients], Awaitable[object]]
