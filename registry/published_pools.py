@@ -25,15 +25,18 @@ MAX_AGE_S = 10 * 365 * 86400.0
 """A clamp on a damaged or far-off publication time (an age must stay a number)."""
 
 
+MAX_POOLS = 256
 _RATIOS = ("utilization", "target_utilization", "high_watermark", "low_watermark")
 """PoolStatus fields that are shares of capacity: finite and never negative."""
 
 
 def validate_pools(pools: Sequence[pb.PoolStatus]) -> None:
-    """A publication every client can show: named pools (each once) of a known language,
-    with ratios that are numbers. Why check what only the scheduler leader sends: it
-    holds an admin token, not a proof of sanity, and on etcd it is stored for every
-    replica to serve."""
+    """A publication every client can show: at most `MAX_POOLS` named pools (each once)
+    of a known language, with ratios that are numbers. Why check what only the scheduler
+    leader sends: it holds an admin token, not a proof of sanity, and on etcd it is
+    stored for every replica to serve."""
+    if len(pools) > MAX_POOLS:
+        raise InvalidArgumentError("pools", f"at most {MAX_POOLS} pools, got {len(pools)}")
     seen: dict[str, int] = {}
     for index, pool in enumerate(pools):
         field = f"pools[{index}]"

@@ -25,7 +25,6 @@ from registry.store.etcd import EtcdStore
 from registry.validation import validate_instance_id
 from tidepool.registry.v1 import registry_pb2 as pb
 
-MAX_POOLS = 256
 POOLS_REFRESH_S = 10.0
 """On etcd the pool status is written when its shape changes (pools, sizes, bounds, the
 leader) and otherwise at most this often: utilisation moves every tick, and etcd keeps
@@ -89,8 +88,6 @@ class SchedulingOps:
         return self.core.moves.listing()
 
     async def put_pools(self, pools: list[pb.PoolStatus]) -> None:
-        if len(pools) > MAX_POOLS:
-            raise InvalidArgumentError("pools", f"at most {MAX_POOLS} pools, got {len(pools)}")
         published_pools.validate_pools(pools)
         if PRESENTED_FENCE.get() is None:
             raise FailedPreconditionError(
@@ -102,13 +99,14 @@ class SchedulingOps:
             leader = core.leadership.current(core.clock())
             now = core.clock()
             published = PublishedPools(tuple(pools), leader.holder if leader else "", now)
-            if isinstance(core.store, EtcdStore) and self._due_in_etcd(published, now):
+            shape = published_pools.shape(published)
+            if isinstance(core.store, EtcdStore) and self._due_in_etcd(shape, now):
                 await core.store.put_pools(published_pools.encode(published, core.wall(), now))
-                self.written = (published_pools.shape(published), now)
+                self.written = (shape, now)
             core.pools = published
 
-    def _due_in_etcd(self, published: PublishedPools, now: float) -> bool:
+    def _due_in_etcd(self, shape: tuple[object, ...], now: float) -> bool:
         if self.written is None:
             return True
-        shape, at = self.written
-        return shape != published_pools.shape(published) or now - at >= POOLS_REFRESH_S
+        written, at = self.written
+        return written != shape or now - at >= POOLS_REFRESH_S

@@ -157,12 +157,7 @@ class H2Connection(Generic[S]):
                 length = (buffer[pos] << 16) | (buffer[pos + 1] << 8) | buffer[pos + 2]
                 kind = buffer[pos + 3]
                 flags = buffer[pos + 4]
-                sid = (
-                    (buffer[pos + 5] << 24)
-                    | (buffer[pos + 6] << 16)
-                    | (buffer[pos + 7] << 8)
-                    | buffer[pos + 8]
-                ) & f.MAX_STREAM_ID
+                sid = f.read_u32(buffer, pos + 5) & f.MAX_STREAM_ID
                 if length > limit:
                     raise ProtocolError(f.FRAME_SIZE_ERROR, f"frame of {length} bytes > {limit}")
                 start = pos + f.HEADER_SIZE
